@@ -1,0 +1,214 @@
+"""`RankPruneConfig`: every knob of calibration, metric, scoring and budget, in one validated object.
+
+Defaults follow the paper (PAPER.md): relative-threshold rank with eps 1e-4, nuclear norm, Joint Rank-Norm score
+with alpha 0.5, 38.9% of heads removed under one global budget, most saturated (highest-score) heads removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+NORMS = ("nuclear", "frobenius")
+RANK_METRICS = ("threshold", "stable", "entropy")
+SCORES = ("joint", "rank", "norm", "random")
+DIRECTIONS = ("saturated", "low_rank", "random")
+BUDGETS = ("global", "per_layer", "uniform")
+TIME_AGGREGATIONS = ("mean", "final")
+
+
+class ConfigError(ValueError):
+    """A setting has a value outside what is allowed; the message names the field, the value and the allowed set."""
+
+
+@dataclass
+class RankPruneConfig:
+    """Settings of one hf_rankprune run (calibration -> statistics -> scores -> plan).
+
+    Calibration:
+        num_samples: calibration samples (fixed-length token windows).
+        seq_len: tokens per sample; the paper's stability statistics compare t=128 with t=2048.
+        batch_size: samples per forward pass.
+        grid_step: observe every head's state every `grid_step` tokens, plus at the end of the sample.
+        grid: explicit token positions to observe at instead of the regular grid (the end is always added).
+        data: calibration data specs (strings: a file, a dataset name, or "builtin" / "builtin:<category>");
+            None uses the built-in offline context suite.
+        seed: seeds sample selection and random scores.
+    Metric:
+        rank_eps: relative threshold of the effective rank, #{sigma_i > eps * sigma_1} (paper Eq. 6).
+        norm: "nuclear" (paper) or "frobenius"; the norm term of the score.
+        rank_metric: which rank enters the score: "threshold" (paper), "stable" or "entropy".
+        time_aggregation: "mean" over the grid (paper) or the "final" grid point only.
+    Scoring:
+        score: "joint" (Joint Rank-Norm, Eq. 14), "rank", "norm" or "random".
+        alpha: weight of the rank term in the joint score (the paper did not disclose it).
+        direction: remove the highest scores ("saturated", paper), the lowest ("low_rank"), or "random" heads.
+    Budget (exactly one of ratio / num_heads / target_state_bytes is used, in that order of precedence if the
+    later ones are unset):
+        ratio: fraction of all linear-attention value heads to remove (0.389 = 448 of 1152 on Qwen3-Next-80B).
+        num_heads: number of value heads to remove.
+        target_state_bytes: remove heads until the linear state of one sequence fits in this many bytes.
+        budget: "global" (one ranking across layers, paper), "per_layer" (the same fraction in each layer) or
+            "uniform" (same count in every layer and key group: a stock configuration loads the result).
+        min_heads_per_layer: value heads every linear layer keeps at least.
+        protected_layers: model layer indices whose heads are never removed.
+    """
+
+    # calibration
+    num_samples: int = 64
+    seq_len: int = 2048
+    batch_size: int = 1
+    grid_step: int = 64
+    grid: list[int] | None = None
+    data: list[str] | None = None
+    seed: int = 0
+    # metric
+    rank_eps: float = 1e-4
+    norm: str = "nuclear"
+    rank_metric: str = "threshold"
+    time_aggregation: str = "mean"
+    # scoring
+    score: str = "joint"
+    alpha: float = 0.5
+    direction: str = "saturated"
+    # budget
+    ratio: float | None = 0.389
+    num_heads: int | None = None
+    target_state_bytes: int | None = None
+    budget: str = "global"
+    min_heads_per_layer: int = 1
+    protected_layers: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation ---------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        _positive_int(self, "num_samples")
+        _positive_int(self, "seq_len")
+        _positive_int(self, "batch_size")
+        _positive_int(self, "grid_step")
+        _int(self, "seed")
+        if self.grid is not None:
+            if not isinstance(self.grid, (list, tuple)) or not self.grid:
+                raise ConfigError(f"grid={self.grid!r} is not allowed: give a non-empty list of token positions.")
+            for position in self.grid:
+                if isinstance(position, bool) or not isinstance(position, int) or position < 1:
+                    raise ConfigError(f"grid={self.grid!r} is not allowed: every position must be an int >= 1.")
+            if list(self.grid) != sorted(set(self.grid)):
+                raise ConfigError(f"grid={self.grid!r} is not allowed: positions must be strictly increasing.")
+            self.grid = list(self.grid)
+        if self.data is not None:
+            if isinstance(self.data, str):
+                self.data = [self.data]
+            if not isinstance(self.data, list) or not all(isinstance(d, str) and d for d in self.data):
+                raise ConfigError(f"data={self.data!r} is not allowed: give a list of non-empty strings or None.")
+        _number(self, "rank_eps", low=0.0, high=1.0, low_open=True, high_open=True)
+        _choice(self, "norm", NORMS)
+        _choice(self, "rank_metric", RANK_METRICS)
+        _choice(self, "time_aggregation", TIME_AGGREGATIONS)
+        _choice(self, "score", SCORES)
+        _number(self, "alpha", low=0.0, high=1.0)
+        _choice(self, "direction", DIRECTIONS)
+        if self.ratio is not None:
+            _number(self, "ratio", low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.num_heads is not None:
+            _positive_int(self, "num_heads")
+        if self.target_state_bytes is not None:
+            _positive_int(self, "target_state_bytes")
+        if self.ratio is None and self.num_heads is None and self.target_state_bytes is None:
+            raise ConfigError("No budget is set: give one of ratio, num_heads or target_state_bytes.")
+        _choice(self, "budget", BUDGETS)
+        _positive_int(self, "min_heads_per_layer")
+        if not isinstance(self.protected_layers, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers
+        ):
+            raise ConfigError(
+                f"protected_layers={self.protected_layers!r} is not allowed: give a list of layer indices (ints >= 0)."
+            )
+        self.protected_layers = list(self.protected_layers)
+
+    def grid_positions(self, seq_len: int | None = None) -> list[int]:
+        """Token positions (1-based counts of tokens seen) at which states are observed for samples of `seq_len`."""
+        seq_len = self.seq_len if seq_len is None else seq_len
+        points = self.grid if self.grid is not None else list(range(self.grid_step, seq_len, self.grid_step))
+        points = [p for p in points if p < seq_len]
+        return points + [seq_len]
+
+    def budget_kind(self) -> str:
+        """Which budget field is in force: 'num_heads', 'target_state_bytes' or 'ratio'."""
+        if self.num_heads is not None:
+            return "num_heads"
+        if self.target_state_bytes is not None:
+            return "target_state_bytes"
+        return "ratio"
+
+    # -- serialisation ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RankPruneConfig:
+        if not isinstance(values, dict):
+            raise ConfigError(f"RankPruneConfig.from_dict needs a mapping, got {type(values).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown setting(s) {unknown}; known settings are: {sorted(known)}.")
+        return cls(**values)
+
+    def replace(self, **overrides: Any) -> RankPruneConfig:
+        """A copy with `overrides` applied and validated (unknown names are an error)."""
+        values = self.to_dict()
+        values.update(overrides)
+        return type(self).from_dict(values)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json_string() + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> RankPruneConfig:
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+
+def _fail(config: RankPruneConfig, name: str, allowed: str) -> None:
+    raise ConfigError(f"{name}={getattr(config, name)!r} is not allowed: {allowed}.")
+
+
+def _int(config: RankPruneConfig, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(config, name, "it must be an integer")
+
+
+def _positive_int(config: RankPruneConfig, name: str) -> None:
+    _int(config, name)
+    if getattr(config, name) < 1:
+        _fail(config, name, "it must be an integer >= 1")
+
+
+def _choice(config: RankPruneConfig, name: str, allowed: tuple[str, ...]) -> None:
+    if getattr(config, name) not in allowed:
+        _fail(config, name, f"choose one of {list(allowed)}")
+
+
+def _number(
+    config: RankPruneConfig, name: str, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(config, name, "it must be a finite number")
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        _fail(config, name, f"it must lie in {interval}")

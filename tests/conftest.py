@@ -1,0 +1,65 @@
+"""Tiny real models of each supported family, built from config (no weights can be downloaded here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    Qwen3_5ForCausalLM,
+    Qwen3_5MoeForCausalLM,
+    Qwen3_5MoeTextConfig,
+    Qwen3_5TextConfig,
+    Qwen3NextConfig,
+    Qwen3NextForCausalLM,
+)
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    linear_conv_kernel_dim=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    linear_num_key_heads=2,
+    linear_num_value_heads=8,
+    layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+    max_position_embeddings=4096,
+)
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
+
+
+def build_tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A randomly initialised fp32 CausalLM of `family` ("qwen3_next", "qwen3_5", "qwen3_5_moe") in eval mode."""
+    torch.manual_seed(seed)
+    values = dict(COMMON, **overrides)
+    if family == "qwen3_next":
+        config = Qwen3NextConfig(intermediate_size=128, **MOE, **values)
+        model = Qwen3NextForCausalLM(config)
+    elif family == "qwen3_5":
+        model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(intermediate_size=128, **values))
+    elif family == "qwen3_5_moe":
+        model = Qwen3_5MoeForCausalLM(Qwen3_5MoeTextConfig(**MOE, **values))
+    else:
+        raise ValueError(family)
+    _spread_gates(model)
+    return model.eval()
+
+
+def _spread_gates(model: torch.nn.Module) -> None:
+    """Give heads distinct decay rates (as trained models have), so their state ranks differ."""
+    generator = torch.Generator().manual_seed(1)
+    for name, param in model.named_parameters():
+        if name.endswith("A_log"):
+            with torch.no_grad():
+                param.copy_(torch.linspace(-6.0, 1.5, param.numel())[torch.randperm(param.numel(), generator=generator)])
+
+
+FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_moe"]
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
