@@ -1,0 +1,180 @@
+"""Calibration: run the model's real forward on token samples and record every linear head's state on a grid.
+
+The adapter routes each linear layer's prefill kernel call through `observe_states`, which runs the original kernel
+segment by segment between grid points, carrying the recurrent state across. The state handed from one segment to
+the next is the model's true state at that token; only one layer call's segment states exist at a time, so memory
+does not grow with the sequence or the number of samples. Outputs are the kernel's own, so the forward is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .arch import get_adapter
+from .config import RankPruneConfig
+from .stats import RankStats, state_metrics
+
+StateCallback = Callable[[int, int, torch.Tensor], None]
+
+
+class CalibrationError(ValueError):
+    """Calibration cannot run on these inputs (empty data, samples shorter than the grid, non-finite states)."""
+
+
+class NonFiniteStateError(CalibrationError):
+    """A head's state holds NaN or inf: the model or its inputs are broken at that layer and head."""
+
+
+@contextlib.contextmanager
+def observe_states(model: torch.nn.Module, grid: Sequence[int], callback: StateCallback) -> Iterator[None]:
+    """Within the block, every prefill of a linear layer from an empty state calls `callback(layer, g, state)` at
+    each grid position `grid[g]` (tokens seen) the sequence reaches; `state` is [batch, value_heads, d_k, d_v].
+    Calls that continue from a cached state (chunked prefill, decoding) pass through unobserved."""
+    grid = list(grid)
+
+    def make_wrapper(original: Callable, current_layer: Callable[[], int | None]) -> Callable:
+        # On CPU, bypass an fla kernel bound at import (it has no CPU driver): use the torch function it wraps.
+        torch_original = getattr(original, "__wrapped__", original)
+
+        def observed(query, key, value, g, beta, *args, initial_state=None, output_final_state=False, **kwargs):
+            layer = current_layer()
+            kernel = torch_original if query.device.type == "cpu" else original
+            if layer is None or initial_state is not None or args:
+                return kernel(
+                    query, key, value, g, beta, *args,
+                    initial_state=initial_state, output_final_state=output_final_state, **kwargs,
+                )  # fmt: skip
+            length = query.shape[1]
+            outputs, state, start = [], None, 0
+            ends = [position for position in grid if position <= length]
+            if not ends or ends[-1] != length:
+                ends.append(length)
+            for end in ends:
+                output, state = kernel(
+                    query[:, start:end], key[:, start:end], value[:, start:end],
+                    g=g[:, start:end], beta=beta[:, start:end],
+                    initial_state=state, output_final_state=True, **kwargs,
+                )  # fmt: skip
+                outputs.append(output)
+                if end in grid:
+                    callback(layer, grid.index(end), state)
+                start = end
+            return torch.cat(outputs, dim=1), (state if output_final_state else None)
+
+        return observed
+
+    with get_adapter(model).observe(make_wrapper):
+        yield
+
+
+def _as_samples(samples, categories: list[str] | None) -> tuple[torch.Tensor, list[str]]:
+    """(input_ids [N, L], categories) from CalibrationSamples, or a LongTensor / list of token-id lists."""
+    if hasattr(samples, "input_ids"):
+        input_ids, categories = samples.input_ids, list(samples.categories)
+    else:
+        input_ids = torch.as_tensor(samples, dtype=torch.long)
+        if categories is None:
+            categories = ["default"] * (input_ids.shape[0] if input_ids.dim() == 2 else 0)
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise CalibrationError(
+            f"No calibration samples: got input_ids of shape {tuple(input_ids.shape)}; give at least one sample "
+            "of at least one token (a [num_samples, seq_len] tensor or hf_rankprune.data.load_calibration_samples)."
+        )
+    if len(categories) != input_ids.shape[0]:
+        raise CalibrationError(f"{len(categories)} category labels for {input_ids.shape[0]} samples.")
+    return input_ids, categories
+
+
+def _input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids go: the embedding's device, or the CPU when it is offloaded (accelerate's hook moves them)."""
+    weight = model.get_input_embeddings().weight
+    return torch.device("cpu") if weight.device.type == "meta" else weight.device
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def calibrate(
+    model: torch.nn.Module,
+    samples,
+    config: RankPruneConfig | None = None,
+    *,
+    categories: list[str] | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+) -> RankStats:
+    """Calibrate `model` on `samples` and return the merged `RankStats`.
+
+    Under torch.distributed (torchrun, `accelerate launch`), each process calibrates samples[rank::world_size] and
+    the statistics are summed across processes, so every process returns the same result as a one-process run.
+    `samples`: `CalibrationSamples` (hf_rankprune.data), or token ids [N, L] with optional `categories` labels.
+    """
+    config = config or RankPruneConfig()
+    adapter = get_adapter(model)
+    input_ids, categories = _as_samples(samples, categories)
+    seq_len = input_ids.shape[1]
+    first_point = config.grid[0] if config.grid is not None else config.grid_step
+    if seq_len < first_point:
+        raise CalibrationError(
+            f"Samples have {seq_len} tokens, shorter than the first grid point ({first_point}): use longer samples "
+            f"(seq_len >= {first_point}) or a smaller grid_step / grid."
+        )
+    grid = config.grid_positions(seq_len)
+    layers = adapter.linear_layers()
+    position_of = {layer.index: position for position, layer in enumerate(layers)}
+    stats = RankStats(
+        layers=[layer.index for layer in layers],
+        num_heads=[layer.num_value_heads for layer in layers],
+        rank_caps=[layer.rank_cap for layer in layers],
+        grid=grid,
+        settings={
+            "rank_eps": config.rank_eps,
+            "seq_len": seq_len,
+            "model_type": adapter.config.model_type,
+            "model_name": model_name or getattr(model.config, "_name_or_path", None) or None,
+        },
+    )
+
+    rank, world_size = _distributed()
+    shard = range(rank, input_ids.shape[0], world_size)
+    device = _input_device(model)
+    batch_categories: list[str] = []
+
+    def record(layer_index: int, grid_index: int, state: torch.Tensor) -> None:
+        finite = torch.isfinite(state).flatten(2).all(-1)
+        if not bool(finite.all()):
+            row, head = (int(i) for i in torch.nonzero(~finite)[0])
+            raise NonFiniteStateError(
+                f"Non-finite state in layer {layer_index}, head {head} at token {grid[grid_index]} "
+                f"(batch row {row}): the model produces NaN/inf there; check its weights and dtype (try float32)."
+            )
+        stats.add(position_of[layer_index], grid_index, state_metrics(state, config.rank_eps), batch_categories)
+
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(shard), desc="calibrating", unit="sample", disable=not progress or rank != 0)
+    try:
+        with observe_states(model, grid, record):
+            indices = list(shard)
+            for start in range(0, len(indices), config.batch_size):
+                batch = indices[start : start + config.batch_size]
+                batch_categories[:] = [categories[i] for i in batch]
+                model(input_ids=input_ids[batch].to(device), use_cache=False)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    stats.settings["num_samples"] = stats.num_samples
+    if world_size > 1:
+        backend = torch.distributed.get_backend()
+        reduce_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+        stats.all_reduce(reduce_device)
+    return stats
