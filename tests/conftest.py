@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from pydoc_data.topics import topics
+
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    PreTrainedTokenizerFast,
     Qwen3_5ForCausalLM,
     Qwen3_5MoeForCausalLM,
     Qwen3_5MoeTextConfig,
@@ -14,7 +19,7 @@ from transformers import (
 )
 
 COMMON = dict(
-    vocab_size=128,
+    vocab_size=320,
     hidden_size=64,
     num_hidden_layers=4,
     num_attention_heads=4,
@@ -63,3 +68,31 @@ FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_moe"]
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+EOS = "<|endoftext|>"
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE of 300 tokens trained on Python's help topics (fits the tiny models' 320-token vocab)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator([topics[key] for key in sorted(topics)[:30]], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS)
+
+
+def save_tiny_model(family: str, path: Path, **overrides) -> Path:
+    """Save a tiny model of `family` with a tokenizer into `path`, as a user's model folder looks."""
+    build_tiny_model(family, **overrides).save_pretrained(path)
+    build_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny Qwen3.5 model folder with its tokenizer, shared by the command-line tests."""
+    return save_tiny_model("qwen3_5", tmp_path_factory.mktemp("tiny_qwen3_5"))
