@@ -1,0 +1,159 @@
+"""Benchmark the gated delta rule kernels of pruned layers (ragged value->key maps).
+
+    python benchmarks/kernels.py            # CUDA: Qwen3-Next shapes (H=16 key heads, HV=32 value heads, d=128)
+    python benchmarks/kernels.py --tiny     # tiny shapes on CPU, Triton under the interpreter (CI smoke run)
+
+For each removal ratio (25/39/50% of value heads, removed at random: ragged groups), prefill (chunked) and
+decode (one token from a cached state), it prints the time of our Triton kernels, of fla's kernels on q/k
+gathered by the map (if fla is importable; the gather is included), of fla on the unpruned layer (HV=32),
+and of the torch reference, with ratios and the largest difference between ours and the reference.
+Without CUDA the run is automatically --tiny (times there measure the interpreter, not the kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RATIOS = (0.25, 0.39, 0.50)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny shapes on CPU under the Triton interpreter")
+    p.add_argument("--prefill", default=None, help="B:T pairs, e.g. 1:2048,4:4096,8:8192")
+    p.add_argument("--decode", default=None, help="batch sizes for decode, e.g. 1,8,32,64")
+    p.add_argument("--ratios", default=None, help="fractions of value heads removed, e.g. 0.25,0.39,0.5")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch reference (slow at long T)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def ragged_map(num_k_heads: int, num_v_heads: int, ratio: float, seed: int) -> torch.Tensor:
+    """value->key map after removing round(ratio * HV) value heads at random (key heads left empty dropped)."""
+    gen = torch.Generator().manual_seed(seed)
+    consecutive = torch.arange(num_v_heads) // (num_v_heads // num_k_heads)
+    n_keep = num_v_heads - round(ratio * num_v_heads)
+    kept = torch.randperm(num_v_heads, generator=gen)[:n_keep].sort().values
+    used = consecutive[kept]
+    remap = {int(h): i for i, h in enumerate(sorted(set(used.tolist())))}
+    return torch.tensor([remap[int(h)] for h in used])
+
+
+def make_inputs(B, T, H, HV, D, dtype, device, seed, with_state):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, HV, D)
+    g = torch.nn.functional.logsigmoid(rnd(B, T, HV).float() + 3).to(dtype)
+    beta = torch.rand(B, T, HV, generator=gen).to(device=device, dtype=dtype)
+    h0 = (torch.randn(B, HV, D, D, generator=gen) * 0.1).to(device) if with_state else None
+    return q, k, v, g, beta, h0
+
+
+def timer(device):
+    if device.type == "cuda":
+        import triton.testing
+
+        def bench(fn):
+            return triton.testing.do_bench(fn, warmup=5, rep=50)
+    else:
+        def bench(fn):
+            fn()  # one untimed call (the interpreter caches nothing, but imports and allocations warm up)
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+    return bench
+
+
+def load_fla():
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    except Exception:  # fla absent or unusable
+        return None
+    return chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+
+def fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tiny = args.tiny or not torch.cuda.is_available()
+    if tiny:
+        # triton reads TRITON_INTERPRET when it is imported: set it before anything imports triton
+        os.environ["TRITON_INTERPRET"] = "1"
+        torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared CPU
+        device, dtype = torch.device("cpu"), torch.float32
+        H, HV, D = 2, 4, 16
+        prefill = [(1, 70)]
+        decode = [2]
+        ratios = (0.25, 0.5)
+    else:
+        device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
+        H, HV, D = 16, 32, 128
+        prefill = [(1, 2048), (1, 8192), (4, 4096), (8, 2048), (8, 8192)]
+        decode = [1, 8, 32, 64]
+        ratios = RATIOS
+    if args.prefill:
+        prefill = [tuple(int(x) for x in pair.split(":")) for pair in args.prefill.split(",")]
+    if args.decode:
+        decode = [int(x) for x in args.decode.split(",")]
+    if args.ratios:
+        ratios = tuple(float(x) for x in args.ratios.split(","))
+
+    from hf_rankprune.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+    fla = None if tiny else load_fla()  # fla's kernels are autotuned: not runnable under the interpreter as shipped
+    bench = timer(device)
+    print(f"device={device} dtype={dtype} H={H} HV={HV} d={D} fla={'yes' if fla else 'no'}"
+          f"{' (tiny: Triton interpreter, times are not kernel times)' if tiny else ''}")
+    header = (f"{'op':8} {'removed':>7} {'B':>3} {'T':>6} {'HV':>3} {'ours ms':>9} {'fla ms':>9} {'fla full':>9} "
+              f"{'torch ms':>9} {'fla/ours':>8} {'torch/ours':>10} {'max|diff|':>10}")
+    print(header)
+    print("-" * len(header))
+    for op in ("prefill", "decode"):
+        shapes = prefill if op == "prefill" else [(b, 1) for b in decode]
+        ours_fn = chunk_gated_delta_rule if op == "prefill" else fused_recurrent_gated_delta_rule
+        fla_fn = None if fla is None else fla[0 if op == "prefill" else 1]
+        for ratio in ratios:
+            v2k = ragged_map(H, HV, ratio, args.seed).to(device)
+            h_used, hv_kept = int(v2k.max()) + 1, v2k.numel()
+            for B, T in shapes:
+                q, k, v, g, beta, h0 = make_inputs(B, T, h_used, hv_kept, D, dtype, device, args.seed, op == "decode")
+                kw = dict(initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+                with torch.no_grad():
+                    o, _ = ours_fn(q, k, v, g, beta, v2k, **kw, backend="triton")
+                    t_ours = bench(lambda: ours_fn(q, k, v, g, beta, v2k, **kw, backend="triton"))  # noqa: B023
+                    t_torch = diff = None
+                    if not args.no_torch:
+                        o_ref, _ = ours_fn(q, k, v, g, beta, v2k, **kw, backend="torch")
+                        diff = (o.float() - o_ref.float()).abs().max().item()
+                        t_torch = bench(lambda: ours_fn(q, k, v, g, beta, v2k, **kw, backend="torch"))  # noqa: B023
+                    t_fla = t_full = None
+                    if fla_fn is not None:
+                        t_fla = bench(lambda: fla_fn(q[:, :, v2k], k[:, :, v2k], v, g, beta, **kw))  # noqa: B023
+                        qf, kf, vf, gf, bf, h0f = make_inputs(B, T, H, HV, D, dtype, device, args.seed, op == "decode")
+                        kwf = dict(kw, initial_state=h0f)
+                        t_full = bench(lambda: fla_fn(qf, kf, vf, gf, bf, **kwf))  # noqa: B023
+                ratio_fla = None if t_fla is None else t_fla / t_ours
+                ratio_torch = None if t_torch is None else t_torch / t_ours
+                print(f"{op:8} {ratio:>7.0%} {B:>3} {T:>6} {hv_kept:>3} {fmt(t_ours):>9} {fmt(t_fla):>9} "
+                      f"{fmt(t_full):>9} {fmt(t_torch):>9} {fmt(ratio_fla, '.2f'):>8} {fmt(ratio_torch, '.2f'):>10} "
+                      f"{fmt(diff, '.2e'):>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Kernels for pruned linear-attention layers: the gated delta rule with a value->key head map.
+
+Layout as flash-linear-attention: `gated_delta_rule/naive.py` (torch reference, differentiable) beside
+`gated_delta_rule/chunk.py` and `gated_delta_rule/fused_recurrent.py` (Triton, forward only), with one
+dispatch point here (see `backend.py` for the rules: CUDA -> Triton, otherwise torch; forced with the
+`backend` argument, `use_backend(...)` or `HF_RANKPRUNE_KERNEL_BACKEND`). Triton is imported lazily,
+only when a call is routed to it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import BACKENDS, ENV_VAR, get_backend, resolve_backend, use_backend
+from .gated_delta_rule.naive import (
+    l2norm,
+    naive_chunk_gated_delta_rule,
+    naive_recurrent_gated_delta_rule,
+    resolve_value_to_key,
+)
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "chunk_gated_delta_rule",
+    "fused_recurrent_gated_delta_rule",
+    "get_backend",
+    "l2norm",
+    "naive_chunk_gated_delta_rule",
+    "naive_recurrent_gated_delta_rule",
+    "resolve_backend",
+    "resolve_value_to_key",
+    "use_backend",
+]
+
+_ARGS_DOC = """
+    Args:
+        q, k: [B, T, H, K] queries and keys (H key heads).
+        v: [B, T, HV, V] values (HV value heads).
+        g: [B, T, HV] log decay (<= 0); the state is multiplied by exp(g_t) before token t is written.
+        beta: [B, T, HV] write strength of each token.
+        value_to_key: LongTensor [HV], the key head each value head reads (ragged groups in any order);
+            None means consecutive grouping (value head j reads key head j // (HV // H)).
+        scale: query scale, K ** -0.5 by default.
+        initial_state: [N, HV, K, V] state before the first token (N = B, or the number of sequences
+            when `cu_seqlens` is given with B == 1).
+        output_final_state: also return the state after the last token, fp32 [N, HV, K, V].
+        use_qk_l2norm_in_kernel: L2-normalise q and k (x * rsqrt(sum(x^2) + 1e-6)) inside the kernel.
+        cu_seqlens: LongTensor [N + 1], cumulative lengths of sequences packed along T (B must be 1).
+        backend: "auto" | "torch" | "triton" (None: context / environment / "auto").
+
+    Returns:
+        (o [B, T, HV, V] in the dtype of q, final state fp32 [N, HV, K, V] or None).
+
+    Autograd: the Triton kernels are forward only; a call that needs gradients runs the torch
+    reference whatever backend was asked for.
+"""
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    value_to_key: torch.Tensor | None = None,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if resolve_backend(backend, (q, k, v, g, beta, initial_state)) == "triton":
+        from .gated_delta_rule.chunk import chunk_gated_delta_rule_fwd
+
+        return chunk_gated_delta_rule_fwd(q, k, v, g, beta, value_to_key, scale, initial_state, output_final_state,
+                                          use_qk_l2norm_in_kernel, cu_seqlens)
+    return naive_chunk_gated_delta_rule(q, k, v, g, beta, value_to_key, scale, initial_state, output_final_state,
+                                        use_qk_l2norm_in_kernel, cu_seqlens)
+
+
+def fused_recurrent_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    value_to_key: torch.Tensor | None = None,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if resolve_backend(backend, (q, k, v, g, beta, initial_state)) == "triton":
+        from .gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule_fwd
+
+        return fused_recurrent_gated_delta_rule_fwd(q, k, v, g, beta, value_to_key, scale, initial_state,
+                                                    output_final_state, use_qk_l2norm_in_kernel, cu_seqlens)
+    return naive_recurrent_gated_delta_rule(q, k, v, g, beta, value_to_key, scale, initial_state, output_final_state,
+                                            use_qk_l2norm_in_kernel, cu_seqlens)
+
+
+chunk_gated_delta_rule.__doc__ = (
+    "Gated delta rule over whole sequences (prefill): chunked algorithm (chunk 64).\n" + _ARGS_DOC
+)
+fused_recurrent_gated_delta_rule.__doc__ = (
+    "Gated delta rule token by token (decoding, short T): recurrent algorithm.\n" + _ARGS_DOC
+)
