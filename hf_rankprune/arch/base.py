@@ -6,9 +6,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..plan import PrunePlan
 
 _REGISTRY: dict[str, type[LinearAttentionAdapter]] = {}
 
@@ -135,7 +139,9 @@ class LinearAttentionAdapter:
             for layer in self.linear_layers():
                 handles.append(layer.module.register_forward_pre_hook(enter))
                 handles.append(layer.module.register_forward_hook(leave))
-            for site, name in self.chunk_kernel_sites():
+            from ..modeling import modeling_rankpruned  # pruned layers of every family call the package kernels
+
+            for site, name in [*self.chunk_kernel_sites(), (modeling_rankpruned, "chunk_gated_delta_rule")]:
                 original = getattr(site, name)
                 patched.append((site, name, original))
                 setattr(site, name, make_wrapper(original, lambda: active[0]))
@@ -145,3 +151,282 @@ class LinearAttentionAdapter:
                 setattr(site, name, original)
             for handle in handles:
                 handle.remove()
+
+    # -- surgery -----------------------------------------------------------------------------------------------
+    # Canonical per-layer weights (family-neutral, heads on the leading axis), built by `_stock_weights` and
+    # consumed by `_stock_state`, the family-specific halves:
+    #   q, k: [nk, dk, H]; v, z: [nv, dv, H]; b, a: [nv, H]; conv_q, conv_k: [nk, dk, 1, C]; conv_v: [nv, dv, 1, C];
+    #   A_log, dt_bias: [nv]; norm: [dv]; out: [H, nv, dv]; value_to_key: [nv] (long, key head of each value head).
+
+    def _stock_weights(self, module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Canonical weights of a stock layer `module` from its (materialised) `tensors` by name."""
+        raise NotImplementedError
+
+    def _stock_state(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict of a stock layer holding canonical `weights` (consecutive equal groups)."""
+        raise NotImplementedError
+
+    def _stock_layer_class(self) -> type[nn.Module]:
+        """The stock linear-attention class of this model (what uniform plans rebuild layers as)."""
+        raise NotImplementedError
+
+    def layer_weights(self, layer_index: int) -> dict[str, torch.Tensor]:
+        """Canonical weights of linear layer `layer_index` (offloaded weights are read from accelerate's maps)."""
+        module = self._layer_module(layer_index)
+        tensors = _materialised_tensors(module)
+        if isinstance(module, _pruned_layer_class()):
+            return contiguous_to_canonical(module, tensors)
+        return self._stock_weights(module, tensors)
+
+    def _layer_module(self, layer_index: int) -> nn.Module:
+        for info in self.linear_layers():
+            if info.index == layer_index:
+                return info.module
+        raise AdapterError(f"layer {layer_index} is not a linear-attention layer of the model.")
+
+    def apply_plan(self, plan) -> PrunePlan:
+        """Physically remove the heads `plan` drops (indices relative to the current model); returns the plan now
+        recorded in the config (relative to the original model).
+
+        A plan whose composition with earlier pruning is uniform keeps the stock module classes and edits
+        `linear_num_value_heads` / `linear_num_key_heads`; otherwise pruned layers become `RankPrunedGatedDeltaNet`
+        modules with their own head counts and value->key map, and the model/config classes become the registered
+        `*_rankpruned` ones. Accelerate hooks are carried over to rebuilt modules.
+        """
+        from ..plan import CONFIG_KEY, PrunePlan
+
+        plan.validate_for(self)
+        previous = PrunePlan.from_config(self.config)
+        total = previous.compose(plan) if previous is not None else plan
+        uniform = total.is_uniform
+        pruned_class = _pruned_layer_class()
+        infos = {info.index: info for info in self.linear_layers()}
+        # uniform: the stock config describes every layer; ragged: it keeps the original counts (unpruned layers)
+        first = total.layers[0]
+        self.config.linear_num_value_heads = first.num_kept_value_heads if uniform else first.num_value_heads
+        self.config.linear_num_key_heads = first.num_kept_key_heads if uniform else first.num_key_heads
+        for layer_plan in plan.layers:
+            info = infos[layer_plan.layer]
+            target_pruned = not uniform and total.layer(layer_plan.layer).is_pruned
+            if not layer_plan.is_pruned and isinstance(info.module, pruned_class) == target_pruned:
+                continue
+            weights = select_heads(self.layer_weights(layer_plan.layer), layer_plan)
+            old = info.module
+            if target_pruned:
+                state = canonical_to_contiguous(weights)
+                new = _build_on_meta(
+                    pruned_class,
+                    self.config,
+                    layer_plan.layer,
+                    weights["q"].shape[0],
+                    weights["v"].shape[0],
+                    weights["value_to_key"].tolist(),
+                )
+            else:
+                state = self._stock_state(weights)
+                new = _build_on_meta(self._stock_layer_class(), self.config, layer_plan.layer)
+            _load_tensors(new, state, old)
+            new.train(old.training)
+            _replace_module(self.model, old, new)
+        setattr(self.config, CONFIG_KEY, total.to_dict())
+        _swap_model_classes(self.model, ragged=not uniform)
+        return total
+
+
+# -- surgery helpers shared by all gated-delta-rule families ---------------------------------------------------------
+
+
+def _pruned_layer_class() -> type[nn.Module]:
+    from ..modeling import RankPrunedGatedDeltaNet
+
+    return RankPrunedGatedDeltaNet
+
+
+def select_heads(weights: dict[str, torch.Tensor], layer_plan) -> dict[str, torch.Tensor]:
+    """Canonical weights restricted to the heads `layer_plan` keeps, with its value->key map."""
+
+    def pick(tensor: torch.Tensor, heads: list[int], dim: int = 0) -> torch.Tensor:
+        index = torch.tensor(heads, dtype=torch.long, device=tensor.device)
+        return tensor.index_select(dim, index).contiguous()
+
+    keys, values = layer_plan.kept_key_heads, layer_plan.kept_value_heads
+    out = {name: pick(weights[name], keys) for name in ("q", "k", "conv_q", "conv_k")}
+    out.update({name: pick(weights[name], values) for name in ("v", "z", "b", "a", "conv_v", "A_log", "dt_bias")})
+    out["out"] = pick(weights["out"], values, dim=1)
+    out["norm"] = weights["norm"]
+    out["value_to_key"] = torch.tensor(layer_plan.value_to_key, dtype=torch.long)
+    return out
+
+
+def canonical_to_contiguous(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """State dict in the contiguous (Qwen3.5 / RankPrunedGatedDeltaNet) layout."""
+    hidden = weights["q"].shape[-1]
+    kernel = weights["conv_q"].shape[-1]
+    return {
+        "in_proj_qkv.weight": torch.cat([weights[n].reshape(-1, hidden) for n in ("q", "k", "v")]),
+        "in_proj_z.weight": weights["z"].reshape(-1, hidden),
+        "in_proj_b.weight": weights["b"],
+        "in_proj_a.weight": weights["a"],
+        "conv1d.weight": torch.cat([weights[n].reshape(-1, 1, kernel) for n in ("conv_q", "conv_k", "conv_v")]),
+        "A_log": weights["A_log"],
+        "dt_bias": weights["dt_bias"],
+        "norm.weight": weights["norm"],
+        "out_proj.weight": weights["out"].reshape(hidden, -1),
+        "value_to_key": weights["value_to_key"],
+    }
+
+
+def contiguous_to_canonical(module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Canonical weights of a layer in the contiguous layout (Qwen3.5 stock, or RankPrunedGatedDeltaNet)."""
+    nk, nv, dk, dv = module.num_k_heads, module.num_v_heads, module.head_k_dim, module.head_v_dim
+    qkv = tensors["in_proj_qkv.weight"]
+    hidden = qkv.shape[-1]
+    q, k, v = torch.split(qkv, [nk * dk, nk * dk, nv * dv])
+    conv = tensors["conv1d.weight"]
+    kernel = conv.shape[-1]
+    conv_q, conv_k, conv_v = torch.split(conv, [nk * dk, nk * dk, nv * dv])
+    if "value_to_key" in tensors:
+        value_to_key = tensors["value_to_key"].to("cpu", torch.long)
+    else:
+        value_to_key = torch.arange(nv) // (nv // nk)
+    return {
+        "q": q.reshape(nk, dk, hidden),
+        "k": k.reshape(nk, dk, hidden),
+        "v": v.reshape(nv, dv, hidden),
+        "z": tensors["in_proj_z.weight"].reshape(nv, dv, hidden),
+        "b": tensors["in_proj_b.weight"],
+        "a": tensors["in_proj_a.weight"],
+        "conv_q": conv_q.reshape(nk, dk, 1, kernel),
+        "conv_k": conv_k.reshape(nk, dk, 1, kernel),
+        "conv_v": conv_v.reshape(nv, dv, 1, kernel),
+        "A_log": tensors["A_log"],
+        "dt_bias": tensors["dt_bias"],
+        "norm": tensors["norm.weight"],
+        "out": tensors["out_proj.weight"].reshape(hidden, nv, dv),
+        "value_to_key": value_to_key,
+    }
+
+
+def _align_hooks(module: nn.Module) -> list:
+    from accelerate.hooks import AlignDevicesHook, SequentialHook
+
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    hooks = hook.hooks if isinstance(hook, SequentialHook) else [hook]
+    return [h for h in hooks if isinstance(h, AlignDevicesHook)]
+
+
+def _materialised_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of `module` by name; offloaded (meta) ones read from accelerate's weight maps."""
+    tensors = {}
+    for prefix, sub in module.named_modules():
+        for name, tensor in list(sub.named_parameters(recurse=False)) + list(sub.named_buffers(recurse=False)):
+            full = f"{prefix}.{name}" if prefix else name
+            if tensor is not None and tensor.device.type == "meta":
+                value = None
+                for hook in _align_hooks(sub):
+                    if hook.offload and hook.weights_map is not None:
+                        try:
+                            value = hook.weights_map[name]
+                        except KeyError:
+                            continue
+                        break
+                if value is None:
+                    raise AdapterError(
+                        f"{full} of {type(module).__name__} is on the meta device and no accelerate offload map "
+                        "holds it: load the model's weights before pruning."
+                    )
+                tensor = value
+            tensors[full] = tensor.detach()
+    return tensors
+
+
+def _build_on_meta(cls: type[nn.Module], *args) -> nn.Module:
+    with torch.device("meta"):
+        return cls(*args)
+
+
+def _load_tensors(new: nn.Module, state: dict[str, torch.Tensor], old: nn.Module) -> None:
+    """Put `state` into `new` (built on meta) as real tensors, with `old`'s dtypes; then carry `old`'s accelerate
+    hooks over (offloading hooks re-capture the new weights)."""
+    reference = next(iter(old.parameters()))
+    names = {name for name, _ in new.named_parameters()} | {name for name, _ in new.named_buffers()}
+    missing, unexpected = names - set(state), set(state) - names
+    if missing or unexpected:
+        raise AdapterError(f"internal error: rebuilt layer state mismatch (missing {missing}, unexpected {unexpected}).")
+    for name, value in state.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = new.get_submodule(owner_name) if owner_name else new
+        if attr in owner._parameters:
+            dtype = value.dtype if value.is_floating_point() else reference.dtype
+            owner._parameters[attr] = nn.Parameter(value.to(dtype).contiguous(), requires_grad=reference.requires_grad)
+        else:
+            owner._buffers[attr] = value.contiguous()
+    _carry_hooks(old, new)
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    old_hooks = {name: module._hf_hook for name, module in old.named_modules() if hasattr(module, "_hf_hook")}
+    if not old_hooks:
+        return
+    template = old_hooks.get("") or next(iter(old_hooks.values()))
+
+    def clone(hook):
+        aligns = _align_hooks_of(hook)
+        if not aligns:
+            return hook
+        h = aligns[0]
+        return AlignDevicesHook(
+            execution_device=h.execution_device,
+            offload=h.offload,
+            io_same_device=h.io_same_device,
+            weights_map=None,
+            offload_buffers=h.offload_buffers,
+            place_submodules=h.place_submodules,
+            skip_keys=h.skip_keys,
+            tied_params_map=h.tied_params_map,
+        )
+
+    for name, module in new.named_modules():
+        direct = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        hook = old_hooks.get(name)
+        if hook is None and not direct:
+            continue
+        add_hook_to_module(module, clone(hook if hook is not None else template))
+
+
+def _align_hooks_of(hook) -> list:
+    from accelerate.hooks import AlignDevicesHook, SequentialHook
+
+    hooks = hook.hooks if isinstance(hook, SequentialHook) else [hook]
+    return [h for h in hooks if isinstance(h, AlignDevicesHook)]
+
+
+def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+                return
+    raise AdapterError("internal error: layer module not found in the model.")
+
+
+def _swap_model_classes(model: nn.Module, ragged: bool) -> None:
+    """Ragged results use the registered `*_rankpruned` config/model classes (own model_type); uniform ones the
+    stock classes."""
+    from ..modeling import PRUNED_CLASSES
+
+    stock_to_pruned = {stock: pair for stock, pair in PRUNED_CLASSES.items()}
+    pruned_to_stock = {pair[1]: stock for stock, pair in PRUNED_CLASSES.items()}
+    config = model.config
+    if ragged and type(model) in stock_to_pruned:
+        config_class, model_class = stock_to_pruned[type(model)]
+        config.__class__ = config_class
+        model.__class__ = model_class
+    elif not ragged and type(model) in pruned_to_stock:
+        stock = pruned_to_stock[type(model)]
+        config.__class__ = type(config).__mro__[1]
+        model.__class__ = stock

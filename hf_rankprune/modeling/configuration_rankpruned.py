@@ -1,0 +1,23 @@
+"""Configs of models pruned by hf_rankprune with a per-layer ("ragged") plan.
+
+Self-contained (imports transformers only): this file is also copied next to pruned checkpoints so that
+`trust_remote_code=True` loads them without hf_rankprune installed. The configs are the stock ones under their own
+`model_type`; the plan lives in `config.rankprune_plan` (a dict, see `hf_rankprune.plan.PrunePlan.to_dict`), and the
+stock head counts (`linear_num_value_heads` / `linear_num_key_heads`) stay those of the original model.
+"""
+
+from __future__ import annotations
+
+from transformers import Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3NextConfig
+
+
+class Qwen3NextRankPrunedConfig(Qwen3NextConfig):
+    model_type = "qwen3_next_rankpruned"
+
+
+class Qwen3_5TextRankPrunedConfig(Qwen3_5TextConfig):
+    model_type = "qwen3_5_text_rankpruned"
+
+
+class Qwen3_5MoeTextRankPrunedConfig(Qwen3_5MoeTextConfig):
+    model_type = "qwen3_5_moe_text_rankpruned"

@@ -1,0 +1,706 @@
+"""`PrunePlan`: which linear-attention heads a pruned model keeps, why, and what it saves.
+
+A plan lists, per linear-attention layer, the value heads kept (sorted original indices), the key heads kept (a key
+head goes when all its value heads go) and the value->key map of the kept heads (for each kept value head, an index
+into the kept key heads). It also carries the scores and settings that chose it, enough model geometry for memory
+accounting, and serialises to JSON. A pruned model stores its plan in `config.rankprune_plan`, always relative to the
+ORIGINAL model: pruning twice composes the plans (`PrunePlan.compose`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PLAN_VERSION = 1
+CONFIG_KEY = "rankprune_plan"
+
+
+class PlanError(ValueError):
+    """A plan is inconsistent, or does not fit the model it is applied to."""
+
+
+def _dtype_name(dtype: torch.dtype | str | None) -> str | None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        return dtype.replace("torch.", "")
+    return str(dtype).replace("torch.", "")
+
+
+def _dtype_bytes(dtype: torch.dtype | str) -> int:
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.replace("torch.", ""), None)
+        if not isinstance(resolved, torch.dtype):
+            raise PlanError(f"Unknown dtype {dtype!r}.")
+        dtype = resolved
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def consecutive_value_to_key(num_key_heads: int, num_value_heads: int) -> list[int]:
+    """The stock grouping: value head j reads key head j // (num_value_heads // num_key_heads)."""
+    if num_key_heads < 1 or num_value_heads % num_key_heads:
+        raise PlanError(f"{num_value_heads} value heads cannot be grouped evenly over {num_key_heads} key heads.")
+    ratio = num_value_heads // num_key_heads
+    return [j // ratio for j in range(num_value_heads)]
+
+
+@dataclass
+class LayerPlan:
+    """What one linear-attention layer keeps.
+
+    Attributes:
+        layer: index of the layer among the model's decoder layers.
+        num_key_heads / num_value_heads / key_dim / value_dim: the layer before pruning.
+        kept_value_heads: sorted indices (in the layer before pruning) of the value heads kept.
+        kept_key_heads: sorted indices of the key heads kept (those read by a kept value head).
+        value_to_key: for each kept value head, the index into `kept_key_heads` of the key head it reads.
+        source_value_to_key: the value->key map of the layer before pruning (None: stock consecutive grouping).
+    """
+
+    layer: int
+    num_key_heads: int
+    num_value_heads: int
+    key_dim: int
+    value_dim: int
+    kept_value_heads: list[int]
+    kept_key_heads: list[int] = field(default_factory=list)
+    value_to_key: list[int] = field(default_factory=list)
+    source_value_to_key: list[int] | None = None
+
+    @classmethod
+    def from_kept(
+        cls,
+        layer: int,
+        num_key_heads: int,
+        num_value_heads: int,
+        key_dim: int,
+        value_dim: int,
+        kept_value_heads: Iterable[int],
+        source_value_to_key: Sequence[int] | None = None,
+    ) -> LayerPlan:
+        """Derive kept key heads and the value->key map from the kept value heads."""
+        kept = [int(j) for j in kept_value_heads]
+        if len(set(kept)) != len(kept):
+            raise PlanError(f"layer {layer}: duplicate value heads in {kept}.")
+        bad = [j for j in kept if not 0 <= j < num_value_heads]
+        if bad:
+            raise PlanError(f"layer {layer}: value heads {bad} are out of range (the layer has {num_value_heads}).")
+        if not kept:
+            raise PlanError(f"layer {layer}: the plan would remove every value head (a layer cannot be emptied).")
+        kept = sorted(kept)
+        source = list(source_value_to_key) if source_value_to_key is not None else None
+        source_map = source if source is not None else consecutive_value_to_key(num_key_heads, num_value_heads)
+        kept_keys = sorted({source_map[j] for j in kept})
+        position = {key: i for i, key in enumerate(kept_keys)}
+        plan = cls(
+            layer=int(layer),
+            num_key_heads=int(num_key_heads),
+            num_value_heads=int(num_value_heads),
+            key_dim=int(key_dim),
+            value_dim=int(value_dim),
+            kept_value_heads=kept,
+            kept_key_heads=kept_keys,
+            value_to_key=[position[source_map[j]] for j in kept],
+            source_value_to_key=source,
+        )
+        plan.check()
+        return plan
+
+    # -- derived -------------------------------------------------------------------------------------------------
+    def source_map(self) -> list[int]:
+        if self.source_value_to_key is not None:
+            return list(self.source_value_to_key)
+        return consecutive_value_to_key(self.num_key_heads, self.num_value_heads)
+
+    @property
+    def num_kept_value_heads(self) -> int:
+        return len(self.kept_value_heads)
+
+    @property
+    def num_kept_key_heads(self) -> int:
+        return len(self.kept_key_heads)
+
+    @property
+    def removed_value_heads(self) -> list[int]:
+        kept = set(self.kept_value_heads)
+        return [j for j in range(self.num_value_heads) if j not in kept]
+
+    @property
+    def removed_key_heads(self) -> list[int]:
+        kept = set(self.kept_key_heads)
+        return [k for k in range(self.num_key_heads) if k not in kept]
+
+    @property
+    def is_pruned(self) -> bool:
+        return self.num_kept_value_heads < self.num_value_heads or self.num_kept_key_heads < self.num_key_heads
+
+    def group_sizes(self) -> list[int]:
+        """Number of kept value heads reading each kept key head."""
+        sizes = [0] * self.num_kept_key_heads
+        for k in self.value_to_key:
+            sizes[k] += 1
+        return sizes
+
+    def is_consecutive_uniform(self) -> bool:
+        """Kept heads form equal, consecutive groups: the stock `j // r` grouping describes the pruned layer."""
+        sizes = self.group_sizes()
+        if not sizes or len(set(sizes)) != 1:
+            return False
+        return self.value_to_key == consecutive_value_to_key(self.num_kept_key_heads, self.num_kept_value_heads)
+
+    # -- validation ----------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise `PlanError` unless the layer plan is internally consistent."""
+        where = f"layer {self.layer}"
+        for name in ("num_key_heads", "num_value_heads", "key_dim", "value_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PlanError(f"{where}: {name}={value!r} must be a positive integer.")
+        kept = self.kept_value_heads
+        if not kept:
+            raise PlanError(f"{where}: the plan would remove every value head (a layer cannot be emptied).")
+        if len(set(kept)) != len(kept):
+            raise PlanError(f"{where}: duplicate value heads in {kept}.")
+        bad = [j for j in kept if not 0 <= j < self.num_value_heads]
+        if bad:
+            raise PlanError(f"{where}: value heads {bad} are out of range (the layer has {self.num_value_heads}).")
+        if kept != sorted(kept):
+            raise PlanError(f"{where}: kept value heads must be sorted, got {kept}.")
+        keys = self.kept_key_heads
+        if len(set(keys)) != len(keys) or keys != sorted(keys):
+            raise PlanError(f"{where}: kept key heads must be sorted and distinct, got {keys}.")
+        bad = [k for k in keys if not 0 <= k < self.num_key_heads]
+        if bad:
+            raise PlanError(f"{where}: key heads {bad} are out of range (the layer has {self.num_key_heads}).")
+        source = self.source_map()
+        if len(source) != self.num_value_heads or any(not 0 <= k < self.num_key_heads for k in source):
+            raise PlanError(f"{where}: source value->key map {source} does not fit the layer.")
+        expected_keys = sorted({source[j] for j in kept})
+        if keys != expected_keys:
+            raise PlanError(
+                f"{where}: kept key heads {keys} differ from those the kept value heads read ({expected_keys})."
+            )
+        if len(self.value_to_key) != len(kept) or any(
+            not 0 <= m < len(keys) or keys[m] != source[j] for m, j in zip(self.value_to_key, kept, strict=False)
+        ):
+            raise PlanError(f"{where}: value_to_key {self.value_to_key} is inconsistent with the kept heads.")
+
+    # -- serialisation -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        values = {
+            "layer": self.layer,
+            "num_key_heads": self.num_key_heads,
+            "num_value_heads": self.num_value_heads,
+            "key_dim": self.key_dim,
+            "value_dim": self.value_dim,
+            "kept_value_heads": list(self.kept_value_heads),
+            "kept_key_heads": list(self.kept_key_heads),
+            "value_to_key": list(self.value_to_key),
+        }
+        if self.source_value_to_key is not None:
+            values["source_value_to_key"] = list(self.source_value_to_key)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LayerPlan:
+        try:
+            plan = cls(
+                layer=int(values["layer"]),
+                num_key_heads=int(values["num_key_heads"]),
+                num_value_heads=int(values["num_value_heads"]),
+                key_dim=int(values["key_dim"]),
+                value_dim=int(values["value_dim"]),
+                kept_value_heads=[int(j) for j in values["kept_value_heads"]],
+                kept_key_heads=[int(k) for k in values["kept_key_heads"]],
+                value_to_key=[int(m) for m in values["value_to_key"]],
+                source_value_to_key=(
+                    [int(k) for k in values["source_value_to_key"]]
+                    if values.get("source_value_to_key") is not None
+                    else None
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise PlanError(f"Malformed layer plan {dict(values)!r}: {error}") from error
+        plan.check()
+        return plan
+
+
+@dataclass
+class LayerMemory:
+    layer: int
+    state_bytes_before: int
+    state_bytes_after: int
+    conv_bytes_before: int
+    conv_bytes_after: int
+
+
+@dataclass
+class PlanMemory:
+    """Bytes of inference state for `batch_size` sequences of `context_length` tokens, before and after pruning.
+
+    `state_bytes_*` is the linear-attention recurrent state ([HV, K, V] per sequence and layer): the paper's figure.
+    `conv_bytes_*` is the linear layers' short-convolution state; `kv_cache_bytes` the full-attention KV cache (not
+    changed by pruning). `total_bytes_*` adds all three: the whole-model figure.
+    """
+
+    context_length: int
+    batch_size: int
+    state_dtype: str
+    conv_dtype: str
+    kv_dtype: str
+    layers: list[LayerMemory]
+    state_bytes_before: int
+    state_bytes_after: int
+    conv_bytes_before: int
+    conv_bytes_after: int
+    kv_cache_bytes: int
+
+    @property
+    def total_bytes_before(self) -> int:
+        return self.state_bytes_before + self.conv_bytes_before + self.kv_cache_bytes
+
+    @property
+    def total_bytes_after(self) -> int:
+        return self.state_bytes_after + self.conv_bytes_after + self.kv_cache_bytes
+
+    @property
+    def state_reduction(self) -> float:
+        """Fraction of the linear recurrent state removed (the paper's 38.9%)."""
+        return 1.0 - self.state_bytes_after / self.state_bytes_before if self.state_bytes_before else 0.0
+
+    @property
+    def total_reduction(self) -> float:
+        return 1.0 - self.total_bytes_after / self.total_bytes_before if self.total_bytes_before else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "context_length": self.context_length,
+            "batch_size": self.batch_size,
+            "state_dtype": self.state_dtype,
+            "conv_dtype": self.conv_dtype,
+            "kv_dtype": self.kv_dtype,
+            "layers": [vars(layer).copy() for layer in self.layers],
+            "state_bytes_before": self.state_bytes_before,
+            "state_bytes_after": self.state_bytes_after,
+            "conv_bytes_before": self.conv_bytes_before,
+            "conv_bytes_after": self.conv_bytes_after,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "total_bytes_before": self.total_bytes_before,
+            "total_bytes_after": self.total_bytes_after,
+            "state_reduction": self.state_reduction,
+            "total_reduction": self.total_reduction,
+        }
+
+
+def model_info_from_config(config, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The geometry a plan needs for memory accounting, read from a (text) config."""
+    getter = getattr(config, "get_text_config", None)
+    text = getter() if callable(getter) else config
+    layer_types = list(getattr(text, "layer_types", None) or [])
+    num_heads = getattr(text, "num_attention_heads", None)
+    head_dim = getattr(text, "head_dim", None) or (text.hidden_size // num_heads if num_heads else None)
+    if dtype is None:
+        dtype = getattr(text, "dtype", None) or getattr(config, "dtype", None) or torch.float32
+    return {
+        "num_hidden_layers": getattr(text, "num_hidden_layers", len(layer_types)),
+        "full_attention_layers": [i for i, kind in enumerate(layer_types) if kind == "full_attention"],
+        "num_key_value_heads": getattr(text, "num_key_value_heads", None),
+        "head_dim": head_dim,
+        "conv_kernel_size": getattr(text, "linear_conv_kernel_dim", None),
+        "dtype": _dtype_name(dtype),
+    }
+
+
+@dataclass
+class PrunePlan:
+    """Per linear-attention layer, the heads a pruned model keeps; plus why (scores, settings) and model geometry.
+
+    Layer plans are relative to the model the plan is applied to. A plan stored in a pruned model's config is
+    relative to the original (unpruned) model.
+    """
+
+    model_type: str
+    layers: list[LayerPlan]
+    scores: dict[int, list[float | None]] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    def __post_init__(self) -> None:
+        self.layers = sorted(self.layers, key=lambda layer: layer.layer)
+        if self.scores is not None:
+            self.scores = {int(k): list(v) for k, v in self.scores.items()}
+        self.check()
+
+    # -- constructors --------------------------------------------------------------------------------------------
+    @classmethod
+    def from_kept_heads(
+        cls,
+        model_or_adapter,
+        kept_value_heads: Mapping[int, Iterable[int]],
+        *,
+        scores: Mapping[int, Sequence[float]] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> PrunePlan:
+        """A plan keeping `kept_value_heads[layer]` (indices in the given model) in each listed linear layer.
+
+        Linear layers not listed keep all their heads. Key heads whose value heads all go are dropped.
+        """
+        adapter = _as_adapter(model_or_adapter)
+        infos = {info.index: info for info in adapter.linear_layers()}
+        unknown = sorted(set(int(i) for i in kept_value_heads) - set(infos))
+        if unknown:
+            raise PlanError(f"layers {unknown} are not linear-attention layers of the model (those are {sorted(infos)}).")
+        requested = {int(i): heads for i, heads in kept_value_heads.items()}
+        layers = []
+        for index, info in infos.items():
+            kept = requested.get(index, range(info.num_value_heads))
+            layers.append(
+                LayerPlan.from_kept(
+                    index,
+                    info.num_key_heads,
+                    info.num_value_heads,
+                    info.key_dim,
+                    info.value_dim,
+                    kept,
+                    source_value_to_key=_module_value_to_key(info),
+                )
+            )
+        return cls(
+            model_type=adapter.config.model_type,
+            layers=layers,
+            scores={int(k): [float(x) for x in v] for k, v in scores.items()} if scores is not None else None,
+            settings=dict(settings or {}),
+            model_info=model_info_from_config(adapter.config, dtype=_model_dtype(adapter.model)),
+        )
+
+    @classmethod
+    def from_removed_heads(
+        cls, model_or_adapter, removed_value_heads: Mapping[int, Iterable[int]], **kwargs: Any
+    ) -> PrunePlan:
+        """Like `from_kept_heads`, naming the value heads to remove in each listed layer instead."""
+        adapter = _as_adapter(model_or_adapter)
+        infos = {info.index: info for info in adapter.linear_layers()}
+        kept = {}
+        for index, removed in removed_value_heads.items():
+            if int(index) not in infos:
+                raise PlanError(f"layer {index} is not a linear-attention layer of the model (those are {sorted(infos)}).")
+            removed = {int(j) for j in removed}
+            kept[int(index)] = [j for j in range(infos[int(index)].num_value_heads) if j not in removed]
+        return cls.from_kept_heads(adapter, kept, **kwargs)
+
+    @classmethod
+    def identity(cls, model_or_adapter) -> PrunePlan:
+        """The plan that keeps every head."""
+        return cls.from_kept_heads(model_or_adapter, {})
+
+    @classmethod
+    def from_config(cls, config) -> PrunePlan | None:
+        """The plan recorded in a pruned model's config (relative to the original model), or None."""
+        for candidate in (config, getattr(config, "get_text_config", lambda: None)()):
+            values = getattr(candidate, CONFIG_KEY, None) if candidate is not None else None
+            if values:
+                return cls.from_dict(values)
+        return None
+
+    # -- derived -------------------------------------------------------------------------------------------------
+    def layer(self, index: int) -> LayerPlan:
+        for layer in self.layers:
+            if layer.layer == index:
+                return layer
+        raise KeyError(index)
+
+    @property
+    def layer_indices(self) -> list[int]:
+        return [layer.layer for layer in self.layers]
+
+    @property
+    def pruned_layers(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if layer.is_pruned]
+
+    @property
+    def num_value_heads(self) -> int:
+        return sum(layer.num_value_heads for layer in self.layers)
+
+    @property
+    def num_kept_value_heads(self) -> int:
+        return sum(layer.num_kept_value_heads for layer in self.layers)
+
+    @property
+    def num_removed_value_heads(self) -> int:
+        return self.num_value_heads - self.num_kept_value_heads
+
+    @property
+    def removed_fraction(self) -> float:
+        return self.num_removed_value_heads / self.num_value_heads if self.num_value_heads else 0.0
+
+    @property
+    def is_uniform(self) -> bool:
+        """Every layer keeps the same numbers of value and key heads, in equal consecutive groups.
+
+        Such a plan is expressible by a stock config (linear_num_value_heads / linear_num_key_heads), so stock
+        transformers loads the pruned model.
+        """
+        if not self.layers:
+            return True
+        counts = {(layer.num_kept_value_heads, layer.num_kept_key_heads) for layer in self.layers}
+        return len(counts) == 1 and all(layer.is_consecutive_uniform() for layer in self.layers)
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.pruned_layers
+
+    # -- validation ----------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise `PlanError` unless the plan is internally consistent."""
+        seen = set()
+        for layer in self.layers:
+            if not isinstance(layer, LayerPlan):
+                raise PlanError(f"PrunePlan.layers must hold LayerPlan objects, got {type(layer).__name__}.")
+            if layer.layer in seen:
+                raise PlanError(f"layer {layer.layer} appears twice in the plan.")
+            seen.add(layer.layer)
+            layer.check()
+
+    def validate_for(self, model_or_adapter) -> None:
+        """Raise `PlanError` unless this plan fits `model` (same linear layers, head counts, dims and grouping)."""
+        adapter = _as_adapter(model_or_adapter)
+        infos = {info.index: info for info in adapter.linear_layers()}
+        plan_layers = {layer.layer: layer for layer in self.layers}
+        if set(plan_layers) != set(infos):
+            raise PlanError(
+                f"plan made for another model: its linear layers are {sorted(plan_layers)}, the model's are "
+                f"{sorted(infos)}."
+            )
+        for index, info in infos.items():
+            layer = plan_layers[index]
+            for what, model_value, plan_value in (
+                ("value heads", info.num_value_heads, layer.num_value_heads),
+                ("key heads", info.num_key_heads, layer.num_key_heads),
+                ("key head dim", info.key_dim, layer.key_dim),
+                ("value head dim", info.value_dim, layer.value_dim),
+            ):
+                if model_value != plan_value:
+                    raise PlanError(
+                        f"plan made for another model: layer {index} has {model_value} {what} in the model, the plan "
+                        f"expects {plan_value}."
+                    )
+            if _module_value_to_key(info) is not None or layer.source_value_to_key is not None:
+                model_map = _module_value_to_key(info) or consecutive_value_to_key(
+                    info.num_key_heads, info.num_value_heads
+                )
+                if model_map != layer.source_map():
+                    raise PlanError(
+                        f"plan made for another model: layer {index} groups its value heads over key heads as "
+                        f"{model_map} in the model, the plan expects {layer.source_map()}."
+                    )
+
+    # -- composition ---------------------------------------------------------------------------------------------
+    def compose(self, next_plan: PrunePlan) -> PrunePlan:
+        """The plan equivalent to applying `self`, then `next_plan` (made for the model `self` produced).
+
+        The result is expressed in the indices of the model `self` was made for.
+        """
+        mine = {layer.layer: layer for layer in self.layers}
+        theirs = {layer.layer: layer for layer in next_plan.layers}
+        unknown = sorted(set(theirs) - set(mine))
+        if unknown:
+            raise PlanError(f"cannot compose: layers {unknown} of the second plan are not in the first.")
+        layers = []
+        scores: dict[int, list[float | None]] = {}
+        for index, first in mine.items():
+            second = theirs.get(index)
+            old_scores = (self.scores or {}).get(index)
+            if second is None:
+                layers.append(copy.deepcopy(first))
+                if old_scores is not None:
+                    scores[index] = list(old_scores)
+                continue
+            if (second.num_value_heads, second.num_key_heads) != (first.num_kept_value_heads, first.num_kept_key_heads):
+                raise PlanError(
+                    f"cannot compose: layer {index} keeps {first.num_kept_value_heads} value / "
+                    f"{first.num_kept_key_heads} key heads after the first plan, the second plan expects "
+                    f"{second.num_value_heads} / {second.num_key_heads}."
+                )
+            if second.source_map() != first.value_to_key:
+                raise PlanError(f"cannot compose: layer {index} grouping of the second plan differs from the first's.")
+            layer = LayerPlan(
+                layer=index,
+                num_key_heads=first.num_key_heads,
+                num_value_heads=first.num_value_heads,
+                key_dim=first.key_dim,
+                value_dim=first.value_dim,
+                kept_value_heads=[first.kept_value_heads[j] for j in second.kept_value_heads],
+                kept_key_heads=[first.kept_key_heads[k] for k in second.kept_key_heads],
+                value_to_key=list(second.value_to_key),
+                source_value_to_key=copy.copy(first.source_value_to_key),
+            )
+            layer.check()
+            layers.append(layer)
+            new_scores = (next_plan.scores or {}).get(index)
+            if old_scores is not None or new_scores is not None:
+                merged: list[float | None] = (
+                    list(old_scores) if old_scores is not None else [None] * first.num_value_heads
+                )
+                if new_scores is not None:
+                    for j, score in zip(first.kept_value_heads, new_scores, strict=False):
+                        merged[j] = score
+                scores[index] = merged
+        steps = list(self.settings.get("steps", [self.settings])) if self.settings else []
+        return PrunePlan(
+            model_type=self.model_type,
+            layers=layers,
+            scores=scores or None,
+            settings={"steps": steps + [dict(next_plan.settings)]},
+            model_info=dict(self.model_info),
+        )
+
+    # -- memory --------------------------------------------------------------------------------------------------
+    def memory(
+        self,
+        context_length: int = 0,
+        batch_size: int = 1,
+        state_dtype: torch.dtype | str = torch.float32,
+        kv_dtype: torch.dtype | str | None = None,
+        conv_dtype: torch.dtype | str | None = None,
+    ) -> PlanMemory:
+        """State bytes before/after pruning, per linear layer and in total, plus the full-attention KV cache.
+
+        The recurrent state is [HV, K, V] per sequence (fp32 in the torch and fla kernels); the conv state is
+        [conv_dim, conv_kernel_size] per sequence in the model dtype; the full-attention KV cache is
+        2 * num_key_value_heads * head_dim * context_length per layer and sequence, in `kv_dtype` (default: the
+        model dtype recorded in the plan).
+        """
+        info = self.model_info
+        model_dtype = info.get("dtype") or "float32"
+        kv_dtype = kv_dtype if kv_dtype is not None else model_dtype
+        conv_dtype = conv_dtype if conv_dtype is not None else model_dtype
+        state_size, kv_size, conv_size = _dtype_bytes(state_dtype), _dtype_bytes(kv_dtype), _dtype_bytes(conv_dtype)
+        kernel = info.get("conv_kernel_size") or 0
+        layers = []
+        for layer in self.layers:
+            conv_before = 2 * layer.num_key_heads * layer.key_dim + layer.num_value_heads * layer.value_dim
+            conv_after = 2 * layer.num_kept_key_heads * layer.key_dim + layer.num_kept_value_heads * layer.value_dim
+            layers.append(
+                LayerMemory(
+                    layer=layer.layer,
+                    state_bytes_before=batch_size * layer.num_value_heads * layer.key_dim * layer.value_dim * state_size,
+                    state_bytes_after=batch_size
+                    * layer.num_kept_value_heads
+                    * layer.key_dim
+                    * layer.value_dim
+                    * state_size,
+                    conv_bytes_before=batch_size * conv_before * kernel * conv_size,
+                    conv_bytes_after=batch_size * conv_after * kernel * conv_size,
+                )
+            )
+        full_layers = len(info.get("full_attention_layers") or [])
+        kv_heads, head_dim = info.get("num_key_value_heads") or 0, info.get("head_dim") or 0
+        kv_bytes = full_layers * batch_size * 2 * kv_heads * head_dim * int(context_length) * kv_size
+        return PlanMemory(
+            context_length=int(context_length),
+            batch_size=int(batch_size),
+            state_dtype=_dtype_name(state_dtype),
+            conv_dtype=_dtype_name(conv_dtype),
+            kv_dtype=_dtype_name(kv_dtype),
+            layers=layers,
+            state_bytes_before=sum(m.state_bytes_before for m in layers),
+            state_bytes_after=sum(m.state_bytes_after for m in layers),
+            conv_bytes_before=sum(m.conv_bytes_before for m in layers),
+            conv_bytes_after=sum(m.conv_bytes_after for m in layers),
+            kv_cache_bytes=kv_bytes,
+        )
+
+    # -- serialisation -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model_type": self.model_type,
+            "is_uniform": self.is_uniform,
+            "num_value_heads": self.num_value_heads,
+            "num_removed_value_heads": self.num_removed_value_heads,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "scores": {str(k): list(v) for k, v in self.scores.items()} if self.scores is not None else None,
+            "settings": copy.deepcopy(self.settings),
+            "model_info": copy.deepcopy(self.model_info),
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PrunePlan:
+        if not isinstance(values, Mapping):
+            raise PlanError(f"PrunePlan.from_dict needs a mapping, got {type(values).__name__}.")
+        version = int(values.get("version", PLAN_VERSION))
+        if version > PLAN_VERSION:
+            raise PlanError(f"plan format version {version} is newer than this hf_rankprune ({PLAN_VERSION}).")
+        try:
+            layers = [LayerPlan.from_dict(layer) for layer in values["layers"]]
+            model_type = str(values["model_type"])
+        except KeyError as error:
+            raise PlanError(f"Malformed plan: missing {error}.") from error
+        scores = values.get("scores")
+        return cls(
+            model_type=model_type,
+            layers=layers,
+            scores={int(k): list(v) for k, v in scores.items()} if scores is not None else None,
+            settings=dict(values.get("settings") or {}),
+            model_info=dict(values.get("model_info") or {}),
+            version=version,
+        )
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json_string() + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> PrunePlan:
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    def summary(self) -> str:
+        """One line per layer: kept/total value and key heads."""
+        lines = [
+            f"PrunePlan({self.model_type}): {self.num_removed_value_heads}/{self.num_value_heads} value heads removed "
+            f"({100 * self.removed_fraction:.1f}%), {'uniform' if self.is_uniform else 'ragged'}"
+        ]
+        for layer in self.layers:
+            lines.append(
+                f"  layer {layer.layer}: value heads {layer.num_kept_value_heads}/{layer.num_value_heads}, "
+                f"key heads {layer.num_kept_key_heads}/{layer.num_key_heads}, groups {layer.group_sizes()}"
+            )
+        return "\n".join(lines)
+
+
+def _as_adapter(model_or_adapter):
+    from .arch.base import LinearAttentionAdapter, get_adapter
+
+    if isinstance(model_or_adapter, LinearAttentionAdapter):
+        return model_or_adapter
+    return get_adapter(model_or_adapter)
+
+
+def _module_value_to_key(info) -> list[int] | None:
+    """The value->key map of a layer module when it is not the stock consecutive grouping (pruned modules)."""
+    buffer = getattr(info.module, "value_to_key", None)
+    if not isinstance(buffer, torch.Tensor) or buffer.device.type == "meta":
+        return None
+    mapping = [int(k) for k in buffer.tolist()]
+    if info.num_value_heads % info.num_key_heads == 0 and mapping == consecutive_value_to_key(
+        info.num_key_heads, info.num_value_heads
+    ):
+        return None
+    return mapping
+
+
+def _model_dtype(model) -> torch.dtype | None:
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else None

@@ -1,0 +1,89 @@
+"""Family-agnostic entry points of head removal and persistence of pruned models.
+
+`apply_plan(model, plan)` removes heads through the model's adapter (hf_rankprune/arch/); `save_pruned` writes a
+pruned model so that `from_pretrained` loads it: stock transformers for uniform plans, `import hf_rankprune` (registered
+`*_rankpruned` model types) or `trust_remote_code=True` (code copied into the folder) for ragged plans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .arch.base import get_adapter
+from .plan import PlanError, PrunePlan
+from .utils import atomic_output_dir, check_output_dir
+
+PLAN_FILE = "prune_plan.json"
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan) -> PrunePlan:
+    """Physically remove the heads `plan` drops from `model` (in place). `plan` indexes the heads of `model` as it is
+    now; the returned plan, also stored in `model.config.rankprune_plan`, is relative to the original model."""
+    return get_adapter(model).apply_plan(plan)
+
+
+def model_plan(model_or_config) -> PrunePlan | None:
+    """The plan recorded in a pruned model (or its config), relative to the original model; None if unpruned."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return PrunePlan.from_config(config)
+
+
+def save_pruned(
+    model: nn.Module,
+    save_directory: str | os.PathLike,
+    tokenizer: Any = None,
+    *,
+    overwrite: bool = False,
+    max_shard_size: int | str | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+    **save_kwargs: Any,
+) -> Path:
+    """Write a pruned model (safetensors), its tokenizer if given, `prune_plan.json` and the plan in config.json.
+
+    The folder is written beside `save_directory` under a temporary name and renamed at the end, so an interruption
+    never leaves a half-written folder. An existing non-empty folder is refused unless `overwrite`. Ragged plans also
+    get `auto_map` and self-contained code, so `trust_remote_code=True` loads them without hf_rankprune.
+    `write_extra(folder)` may add files (a model card, figures) before the folder appears.
+    """
+    from .modeling import PRUNED_CLASSES, remote_code_files
+
+    plan = model_plan(model)
+    if plan is None:
+        raise PlanError("the model carries no prune plan (config.rankprune_plan): prune it before save_pruned.")
+    check_output_dir(save_directory, overwrite)
+    ragged = not plan.is_uniform
+    registered = {pair[1]: pair for pair in PRUNED_CLASSES.values()}
+    if ragged and type(model) not in registered:
+        raise PlanError(
+            f"ragged plans can be saved for {sorted(c.__name__ for c in registered)}, not {type(model).__name__}; "
+            "use a uniform plan (budget='uniform') for this model."
+        )
+    if max_shard_size is not None:
+        save_kwargs["max_shard_size"] = max_shard_size
+    with atomic_output_dir(save_directory, overwrite) as staging:
+        model.save_pretrained(staging, safe_serialization=True, **save_kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        plan.to_json_file(staging / PLAN_FILE)
+        if ragged:
+            config_class, model_class = registered[type(model)]
+            for name, source in remote_code_files().items():
+                shutil.copyfile(source, staging / name)
+            config_path = staging / "config.json"
+            values = json.loads(config_path.read_text(encoding="utf-8"))
+            values["auto_map"] = {
+                "AutoConfig": f"configuration_rankpruned.{config_class.__name__}",
+                "AutoModelForCausalLM": f"modeling_rankpruned.{model_class.__name__}",
+            }
+            config_path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if write_extra is not None:
+            write_extra(staging)
+    target = Path(save_directory).absolute()
+    return target

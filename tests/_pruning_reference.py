@@ -1,0 +1,76 @@
+"""Independent references for head-removal tests: the original model with removed heads zeroed, and greedy decoding.
+
+Zeroing the out_proj input columns of a removed value head removes exactly its contribution (heads are computed
+independently, the gated norm is per head), without any slicing code.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+# Tiny models (tests/conftest.py): linear layers 0, 1, 3; 2 key heads x 8 value heads (key 0 <- values 0-3).
+PLANS = {
+    # different counts per layer, as a global budget gives; layer 3 also loses key head 0
+    "global": {0: [0, 2, 3, 5], 1: [1, 2, 3, 4, 5, 6, 7], 3: [7]},
+    # whole key groups removed (layer 3 untouched)
+    "key_groups": {0: [4, 5, 6, 7], 1: [0, 1, 2, 3]},
+    # unequal groups in every layer
+    "ragged_groups": {0: [0, 1, 2, 5], 1: [3, 4], 3: [0, 5, 6, 7]},
+    # same counts everywhere, equal consecutive groups: stock config
+    "uniform": {0: [0, 1, 4, 5], 1: [2, 3, 6, 7], 3: [0, 3, 5, 6]},
+    # uniform with a key head dropped in every layer
+    "uniform_key_drop": {0: [4, 5, 6, 7], 1: [0, 1, 2, 3], 3: [0, 1, 2, 3]},
+}
+UNIFORM = {"uniform", "uniform_key_drop"}
+
+
+def zeroed_reference(model: torch.nn.Module, kept: dict[int, list[int]]) -> torch.nn.Module:
+    """A copy of the (unpruned) `model` whose value heads not in `kept[layer]` are zeroed in out_proj."""
+    reference = copy.deepcopy(model)
+    for index, layer in enumerate(reference.model.layers):
+        if index not in kept:
+            continue
+        attn = layer.linear_attn
+        weight = attn.out_proj.weight
+        columns = weight.view(weight.shape[0], attn.num_v_heads, attn.head_v_dim)
+        with torch.no_grad():
+            for head in range(attn.num_v_heads):
+                if head not in kept[index]:
+                    columns[:, head] = 0
+    return reference
+
+
+def greedy(model: torch.nn.Module, prompt: torch.Tensor, steps: int = 16):
+    """(generated token ids, per-step logits) of cached greedy decoding."""
+    with torch.no_grad():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    return out.sequences, torch.stack(out.logits, dim=1)
+
+
+def prefill_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def assert_same_outputs(pruned, reference, seed: int = 0, atol: float = 1e-5) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    vocab = pruned.config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab, (2, 70), generator=generator)
+    diff = (prefill_logits(pruned, ids) - prefill_logits(reference, ids)).abs().max().item()
+    assert diff <= atol, f"prefill logits differ by {diff}"
+    sequences, logits = greedy(pruned, ids[:, :9])
+    ref_sequences, ref_logits = greedy(reference, ids[:, :9])
+    assert torch.equal(sequences, ref_sequences), "greedy decoding chose different tokens"
+    diff = (logits - ref_logits).abs().max().item()
+    assert diff <= atol, f"decode logits differ by {diff}"
