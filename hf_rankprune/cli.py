@@ -83,6 +83,92 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import BUDGETS, DIRECTIONS, NORMS, SCORES
+
+    defaults = RankPruneConfig()
+    parser.add_argument("--ratio", type=float, default=None, help=f"fraction of value heads to remove "
+                        f"(default {defaults.ratio})")  # fmt: skip
+    parser.add_argument("--num-heads", type=int, default=None, help="number of value heads to remove")
+    parser.add_argument("--target-state-bytes", type=int, default=None, help="linear-state bytes per sequence to fit")
+    parser.add_argument("--alpha", type=float, default=None, help=f"rank weight of the joint score "
+                        f"(default {defaults.alpha})")  # fmt: skip
+    parser.add_argument("--score", choices=SCORES, default=None, help=f"default {defaults.score}")
+    parser.add_argument("--norm", choices=NORMS, default=None, help=f"default {defaults.norm}")
+    parser.add_argument("--budget", choices=BUDGETS, default=None, help=f"default {defaults.budget}")
+    parser.add_argument("--direction", choices=DIRECTIONS, default=None, help=f"default {defaults.direction}")
+    parser.add_argument("--min-heads-per-layer", type=int, default=None,
+                        help=f"default {defaults.min_heads_per_layer}")  # fmt: skip
+    parser.add_argument("--protected-layers", default=None, help="comma-separated layer indices never pruned")
+
+
+def _pruning_overrides(args: argparse.Namespace) -> dict:
+    overrides = {
+        name: getattr(args, name)
+        for name in ("num_heads", "target_state_bytes", "alpha", "score", "norm", "budget", "direction",
+                     "min_heads_per_layer")
+        if getattr(args, name) is not None
+    }  # fmt: skip
+    if args.ratio is not None:
+        overrides["ratio"] = args.ratio
+    elif "num_heads" in overrides or "target_state_bytes" in overrides:
+        overrides["ratio"] = None
+    if args.protected_layers is not None:
+        try:
+            overrides["protected_layers"] = [int(x) for x in args.protected_layers.split(",") if x.strip()]
+        except ValueError as error:
+            raise UsageError(
+                f"--protected-layers {args.protected_layers!r} is not a comma-separated list of layer indices."
+            ) from error
+    return overrides
+
+
+def _prune_recipe(args: argparse.Namespace):
+    """With --recipe: the recipe, after filling MODEL and --out from it (flags win) and checking the model's
+    architecture against it before any weight is read; None without --recipe."""
+    recipe = None
+    if args.recipe is not None:
+        from .loading import load_config
+        from .recipe import check_architecture, load_recipe
+
+        recipe = load_recipe(args.recipe)
+        args.model = args.model if args.model is not None else recipe.model
+        args.out = args.out if args.out is not None else recipe.output_dir
+    if args.out is None:
+        raise UsageError("No output folder: give --out DIR (or output_dir: in the --recipe).")
+    if recipe is not None:
+        check_architecture(recipe, load_config(resolve_model_path(args.model)))
+    return recipe
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .pruner import RankPruner
+    from .recipe import override_config
+    from .stats import RankStats
+    from .utils import check_output_dir
+
+    recipe = _prune_recipe(args)
+    config = override_config(_config_from_args(args, recipe.config if recipe else None), **_pruning_overrides(args))
+    check_output_dir(args.out, args.overwrite)
+    stats = RankStats.from_json_file(args.stats) if args.stats else None
+    model_path = resolve_model_path(args.model)
+    pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype)
+    pruner.model_name = str(args.model or DEMO_MODEL_NAME)
+    if stats is not None:
+        pruner.load_stats(stats)
+    else:
+        pruner.calibrate(progress=not args.quiet)
+    plan = pruner.plan()
+    pruner.save_pretrained(args.out, overwrite=args.overwrite)
+    memory = plan.memory(context_length=config.seq_len)
+    print(
+        f"Removed {plan.settings['removed_value_heads']} of {plan.settings['total_value_heads']} value heads "
+        f"({'uniform' if plan.is_uniform else 'ragged'} plan); linear state {memory.state_bytes_before} -> "
+        f"{memory.state_bytes_after} bytes per sequence ({memory.state_reduction:.1%} less). Saved to {args.out}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-rankprune",
@@ -100,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(handler=_analyze)
+
+    prune = commands.add_parser("prune", help="calibrate, score and physically remove heads; save a loadable model")
+    _add_model_arguments(prune)
+    _add_calibration_arguments(prune)
+    _add_pruning_arguments(prune)
+    prune.add_argument("--stats", default=None, help="rank_stats.json from `analyze` (skips calibration)")
+    prune.add_argument("--recipe", default=None, metavar="FILE",
+                       help="YAML recipe with the model, calibration and pruning settings (flags override it)")
+    prune.add_argument("--out", default=None, help="output model folder (must not exist or be empty; default: the "
+                       "recipe's output_dir)")  # fmt: skip
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--quiet", action="store_true", help="no progress bar")
+    prune.set_defaults(handler=_prune)
     return parser
 
 
@@ -108,6 +207,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .arch import AdapterError
     from .calibrate import CalibrationError
     from .data import CalibrationDataError
+    from .plan import PlanError
+    from .recipe import RecipeError
     from .stats import StatsError
     from .utils import OutputExistsError
 
@@ -119,7 +220,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
         CalibrationError,
         CalibrationDataError,
         StatsError,
+        PlanError,
         OutputExistsError,
+        RecipeError,
+        FileNotFoundError,
     )
 
 

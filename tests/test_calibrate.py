@@ -199,3 +199,23 @@ def test_unsupported_and_non_linear_models_are_refused():
     full_only = build_tiny_model("qwen3_next", layer_types=["full_attention"] * 4)
     with pytest.raises(AdapterError, match="no linear-attention layers"):
         get_adapter(full_only)
+
+
+def test_calibrating_a_ragged_pruned_model_observes_its_true_states(family):
+    from hf_rankprune.plan import PrunePlan
+    from hf_rankprune.surgery import apply_plan
+
+    model = build_tiny_model(family)
+    apply_plan(model, PrunePlan.from_removed_heads(model, {0: [1, 2, 3], 3: [0, 5]}))
+    ids = random_samples(1, 130).input_ids
+    with torch.no_grad():
+        reference = model(ids, use_cache=True)
+        captured = {}
+        with observe_states(model, [64, 130], lambda layer, g, s: captured.__setitem__((layer, g), s.clone())):
+            observed = model(ids, use_cache=False)
+    assert torch.allclose(observed.logits, reference.logits, atol=1e-5, rtol=0)
+    assert captured[(0, 1)].shape[1] == 5 and captured[(1, 1)].shape[1] == 8 and captured[(3, 1)].shape[1] == 6
+    for layer in (0, 1, 3):
+        assert (captured[(layer, 1)] - reference.past_key_values.get_recurrent_state(layer)).abs().max() <= 1e-5
+    stats = calibrate(model, ids, RankPruneConfig(seq_len=130), progress=False)
+    assert stats.num_heads == [5, 8, 6]

@@ -1,0 +1,57 @@
+"""hf_rankprune: state-rank analysis and head pruning for linear-attention LLMs (Qwen3-Next, Qwen3.5).
+
+Importing the package registers the ragged-pruned model types with transformers' Auto classes, so
+`AutoModelForCausalLM.from_pretrained` loads pruned checkpoints.
+"""
+
+from . import modeling  # noqa: F401  (registers `*_rankpruned` model types with the Auto classes)
+from .arch import AdapterError, get_adapter, supported_model_types
+from .calibrate import CalibrationError, NonFiniteStateError, calibrate, observe_states
+from .config import ConfigError, RankPruneConfig
+from .data import (
+    BUILTIN_CATEGORIES,
+    CalibrationDataError,
+    CalibrationSamples,
+    TextSource,
+    describe_samples,
+    load_calibration_samples,
+)
+from .plan import LayerPlan, PlanError, PrunePlan
+from .pruner import RankPruner
+from .report import analyze, write_report
+from .scoring import head_scores, plan_from_stats
+from .stats import RankStats, StatsError
+from .surgery import apply_plan, model_plan, save_pruned
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUILTIN_CATEGORIES",
+    "AdapterError",
+    "CalibrationDataError",
+    "CalibrationError",
+    "CalibrationSamples",
+    "ConfigError",
+    "LayerPlan",
+    "NonFiniteStateError",
+    "PlanError",
+    "PrunePlan",
+    "RankPruneConfig",
+    "RankPruner",
+    "RankStats",
+    "StatsError",
+    "TextSource",
+    "analyze",
+    "apply_plan",
+    "calibrate",
+    "describe_samples",
+    "get_adapter",
+    "head_scores",
+    "load_calibration_samples",
+    "model_plan",
+    "observe_states",
+    "plan_from_stats",
+    "save_pruned",
+    "supported_model_types",
+    "write_report",
+]

@@ -1,0 +1,149 @@
+"""`RankPruner`: the optimum-style entry point (calibrate -> plan -> prune -> save), an `OptimumQuantizer`.
+
+    pruner = RankPruner.from_pretrained("Qwen/Qwen3-Next-80B-A3B-Instruct", device_map="auto", ratio=0.389)
+    model = pruner.prune()
+    pruner.save_pretrained("out/")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from optimum.quantization_base import OptimumQuantizer
+
+from .arch import get_adapter
+from .calibrate import calibrate
+from .config import RankPruneConfig
+from .loading import DTYPES, ModelLoadError, load_model_and_tokenizer, resolve_model_path
+from .plan import PlanError, PrunePlan
+from .scoring import plan_from_stats
+from .stats import RankStats
+from .surgery import apply_plan, model_plan, save_pruned
+
+
+class RankPruner(OptimumQuantizer):
+    """Holds a model, its tokenizer and a `RankPruneConfig`; each stage runs the ones before it when needed."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any = None, config: RankPruneConfig | None = None,
+                 model_name: str | None = None):  # fmt: skip
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or RankPruneConfig()
+        self.model_name = model_name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.adapter = get_adapter(model)  # refuses unsupported models before any work
+        self._stats: RankStats | None = None
+        self._plan: PrunePlan | None = None
+        self._pruned = False
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_or_path: str | os.PathLike | torch.nn.Module,
+        config: RankPruneConfig | dict | None = None,
+        *,
+        device_map: str | dict | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        tokenizer: Any = None,
+        **overrides: Any,
+    ) -> RankPruner:
+        """A pruner for a model object, a local folder or a Hub id; `overrides` replace fields of `config`."""
+        if isinstance(config, dict):
+            config = RankPruneConfig.from_dict(config)
+        config = (config or RankPruneConfig()).replace(**overrides) if overrides else (config or RankPruneConfig())
+        if isinstance(model_or_path, torch.nn.Module):
+            return cls(model_or_path, tokenizer, config)
+        path = resolve_model_path(model_or_path)
+        dtype = torch_dtype
+        if isinstance(dtype, torch.dtype):
+            names = {v: k for k, v in DTYPES.items()}
+            if dtype not in names:
+                raise ModelLoadError(f"torch_dtype={dtype} is not supported: choose one of {sorted(DTYPES)}.")
+            dtype = names[dtype]
+        model, loaded_tokenizer = load_model_and_tokenizer(path, device_map=device_map, dtype=dtype)
+        return cls(model, tokenizer or loaded_tokenizer, config, model_name=str(model_or_path))
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, model: str | os.PathLike | torch.nn.Module | None = None,
+                    **overrides: Any) -> RankPruner:  # fmt: skip
+        """A pruner set up by a recipe (YAML file, YAML string, mapping or `Recipe`); `model` wins over the recipe's
+        `model:` (None there: the embedded demo model); `overrides` (RankPruneConfig fields, or `device_map`,
+        `torch_dtype`, `tokenizer`) win over the recipe. A model of another architecture raises `RecipeError`."""
+        from .recipe import pruner_from_recipe
+
+        return pruner_from_recipe(cls, recipe, model, **overrides)
+
+    # -- stages --------------------------------------------------------------------------------------------------
+    def calibrate(self, data: Any = None, *, progress: bool = True) -> RankStats:
+        """Run calibration; `data` overrides `config.data` (any spec `load_calibration_samples` takes, or samples)."""
+        self._refuse_after_prune("calibrate")
+        if hasattr(data, "input_ids"):
+            samples = data
+        else:
+            from .data import load_calibration_samples
+
+            if self.tokenizer is None:
+                raise ValueError("Calibration data needs a tokenizer: pass tokenizer= to RankPruner.from_pretrained.")
+            spec = data if data is not None else self.config.data
+            samples = load_calibration_samples(
+                spec, self.tokenizer, self.config.num_samples, self.config.seq_len, self.config.seed
+            )
+        self._stats = calibrate(self.model, samples, self.config, progress=progress, model_name=self.model_name)
+        self._plan = None
+        return self._stats
+
+    def load_stats(self, stats: RankStats | str | os.PathLike) -> RankStats:
+        """Use statistics from an earlier run (a RankStats or its JSON file) instead of calibrating."""
+        self._refuse_after_prune("load_stats")
+        self._stats = stats if isinstance(stats, RankStats) else RankStats.from_json_file(stats)
+        self._plan = None
+        return self._stats
+
+    @property
+    def stats(self) -> RankStats | None:
+        return self._stats
+
+    def plan(self) -> PrunePlan:
+        """The heads to remove under the config (calibrates first if no statistics are there)."""
+        if self._plan is None:
+            if self._pruned:
+                raise PlanError("This pruner already pruned its model; create a new RankPruner to prune it again.")
+            if self._stats is None:
+                self.calibrate()
+            self._plan = plan_from_stats(self.adapter, self._stats, self.config)
+        return self._plan
+
+    @property
+    def pruning_plan(self) -> PrunePlan | None:
+        """After `prune()`, the plan relative to the original model (composed over earlier prunings); before, the
+        plan chosen for this model (None until planned)."""
+        return model_plan(self.model) if self._pruned else self._plan
+
+    def prune(self) -> torch.nn.Module:
+        """Calibrate (if needed), plan (if needed) and physically remove the chosen heads; returns the model."""
+        if not self._pruned:
+            apply_plan(self.model, self.plan())
+            self._pruned = True
+        return self.model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
+                        max_shard_size: int | str | None = None) -> Path:  # fmt: skip
+        """Write the pruned model, tokenizer and plan (prunes first if needed); nothing half-written on failure."""
+        self.prune()
+        return save_pruned(self.model, save_directory, self.tokenizer, overwrite=overwrite,
+                           max_shard_size=max_shard_size)  # fmt: skip
+
+    def quantize(self, save_dir: str | os.PathLike, file_prefix: str | None = None, **kwargs: Any) -> Path:
+        """The `OptimumQuantizer` entry point: prune and save into `save_dir`."""
+        if file_prefix is not None:
+            raise ValueError("file_prefix is not supported: pruned models are saved as standard safetensors shards.")
+        return self.save_pretrained(save_dir, **kwargs)
+
+    def _refuse_after_prune(self, action: str) -> None:
+        if self._pruned:
+            raise PlanError(
+                f"Cannot {action} after prune(): the model's heads changed. Create a new RankPruner on the pruned "
+                "model to prune it again (its plan composes with the first)."
+            )
