@@ -20,7 +20,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} exists and is not a folder: choose another output path.")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{path} exists and is not empty: choose another folder or pass --overwrite.")
+        raise OutputExistsError(f"{path} exists and is not empty: choose another folder, or replace it with overwrite=True (--overwrite on the command line).")
     return path
 
 
