@@ -1,0 +1,539 @@
+"""Recipes: one YAML file that drives a whole run (model, calibration, pruning settings, evaluation, output).
+
+The grammar follows llm-compressor's recipes (a stage holding a group of modifiers, each modifier with its keyword
+arguments), plus top-level keys for what a run needs besides the modifier:
+
+    description: Paper setting (JRNP, 448 of 1152 heads)   # optional free text
+    model: Qwen/Qwen3-Next-80B-A3B-Instruct                 # Hub id or local folder; null = the embedded demo model
+    architecture: [qwen3_next]                              # model_type(s) the recipe is for; null = any supported
+    calibration:                                            # RankPruneConfig's calibration fields
+      data: [builtin]                                       # specs as `load_calibration_samples` takes; null = builtin
+      num_samples: 64
+      seq_len: 2048
+      batch_size: 1
+      grid_step: 64                                         # (or grid: [explicit token positions])
+      seed: 0
+    pruning_stage:                                          # exactly one `<name>_stage`
+      pruning_modifiers:                                    # exactly one `<name>_modifiers`
+        RankPruningModifier:                                # the only modifier this package runs
+          rank_eps: 1.0e-4
+          norm: nuclear
+          rank_metric: threshold
+          time_aggregation: mean
+          score: joint
+          alpha: 0.5
+          direction: saturated
+          num_heads: 448                                    # exactly one of ratio / num_heads / target_state_bytes
+          budget: global
+          min_heads_per_layer: 1
+          protected_layers: []
+          start_step: 100                                   # training callbacks only: prune after this step
+    evaluation:                                             # optional; arguments of evaluation.evaluate_model
+      tasks: [perplexity, passkey, memory]
+    output_dir: out/qwen3-next-80b-rp39                     # optional
+    push_to_hub: {repo_id: me/Qwen3-Next-80B-A3B-Instruct-rp39, private: true}   # optional
+
+Files are read with `yaml.safe_load` only. Every problem raises `RecipeError` (a ValueError) whose message names the
+file and the key path, e.g. ``recipes/x.yaml: pruning_stage.pruning_modifiers.RankPruningModifier.ratio=1.5 is not
+allowed: it must lie in (0.0, 1.0).``
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import ConfigError, RankPruneConfig
+
+logger = logging.getLogger(__name__)
+
+MODIFIER_NAME = "RankPruningModifier"
+CALIBRATION_FIELDS = ("data", "num_samples", "seq_len", "batch_size", "grid_step", "grid", "seed")
+BUDGET_FIELDS = ("ratio", "num_heads", "target_state_bytes")
+MODIFIER_FIELDS = (
+    "rank_eps", "norm", "rank_metric", "time_aggregation", "score", "alpha", "direction",
+    *BUDGET_FIELDS, "budget", "min_heads_per_layer", "protected_layers",
+)  # fmt: skip
+MODIFIER_EXTRA_FIELDS = ("start_step",)
+TOP_LEVEL_FIELDS = ("description", "model", "architecture", "calibration", "evaluation", "output_dir", "push_to_hub")
+EVALUATION_FIELDS = ("tasks", "lengths", "depths", "num_keys", "context_length", "seed", "window", "max_tokens",
+                     "batch_size")  # fmt: skip
+PUSH_FIELDS = ("repo_id", "private")
+EVALUATION_TASKS = ("perplexity", "passkey", "memory", "speed")  # hf_rankprune.evaluation.api.KNOWN_TASKS
+_STRING_SOURCE = "<recipe>"
+
+
+class RecipeError(ValueError):
+    """A recipe cannot be read, has unknown keys or bad values, or does not fit the model; names file and key."""
+
+
+@dataclass
+class Recipe:
+    """A parsed, validated recipe. `config` holds every calibration/metric/scoring/budget setting."""
+
+    config: RankPruneConfig = field(default_factory=RankPruneConfig)
+    model: str | None = None
+    architecture: list[str] | None = None
+    evaluation: dict[str, Any] | None = None
+    output_dir: str | None = None
+    push_to_hub: dict[str, Any] | None = None
+    start_step: int | None = None
+    description: str | None = None
+    stage: str = "pruning_stage"
+    modifiers_group: str = "pruning_modifiers"
+    source: str | None = field(default=None, compare=False)
+
+    @property
+    def modifier_path(self) -> str:
+        return f"{self.stage}.{self.modifiers_group}.{MODIFIER_NAME}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data, in the YAML grammar (`load_recipe(recipe.to_dict()) == recipe`)."""
+        values = self.config.to_dict()
+        calibration = {name: values[name] for name in CALIBRATION_FIELDS}
+        if calibration["grid"] is None:
+            del calibration["grid"]
+        modifier = {name: values[name] for name in MODIFIER_FIELDS if name not in BUDGET_FIELDS}
+        kind = self.config.budget_kind()
+        modifier[kind] = values[kind]
+        modifier = {name: modifier[name] for name in MODIFIER_FIELDS if name in modifier}
+        if self.start_step is not None:
+            modifier["start_step"] = self.start_step
+        out: dict[str, Any] = {}
+        if self.description is not None:
+            out["description"] = self.description
+        out["model"] = self.model
+        out["architecture"] = list(self.architecture) if self.architecture is not None else None
+        out["calibration"] = calibration
+        out[self.stage] = {self.modifiers_group: {MODIFIER_NAME: modifier}}
+        if self.evaluation is not None:
+            out["evaluation"] = copy.deepcopy(self.evaluation)
+        if self.output_dir is not None:
+            out["output_dir"] = self.output_dir
+        if self.push_to_hub is not None:
+            out["push_to_hub"] = dict(self.push_to_hub)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    def replace(self, **overrides: Any) -> Recipe:
+        """A copy with recipe fields and/or config fields replaced (config fields are validated; setting one
+        budget field clears the other two)."""
+        recipe_fields = {f.name for f in dataclasses.fields(self)} - {"config"}
+        own = {k: v for k, v in overrides.items() if k in recipe_fields}
+        config = override_config(self.config, **{k: v for k, v in overrides.items() if k not in recipe_fields})
+        return dataclasses.replace(self, config=config, **own)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading and validation
+# ---------------------------------------------------------------------------------------------------------------
+def load_recipe(recipe: Recipe | dict | str | os.PathLike) -> Recipe:
+    """A `Recipe` from a YAML file path, a YAML string, a mapping, or a Recipe (returned as is)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return _parse(recipe, _STRING_SOURCE)
+    if isinstance(recipe, (str, os.PathLike)):
+        text, source = _read(recipe)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            detail = " ".join(str(error).split())
+            raise RecipeError(f"{source}: not valid YAML: {detail}") from error
+        if data is None:
+            raise RecipeError(f"{source}: the recipe is empty.")
+        return _parse(data, source)
+    raise RecipeError(f"A recipe is a YAML file path, a YAML string or a mapping, not {type(recipe).__name__}.")
+
+
+def _read(recipe: str | os.PathLike) -> tuple[str, str]:
+    text = os.fspath(recipe)
+    looks_like_path = isinstance(recipe, os.PathLike) or ("\n" not in text and (
+        text.endswith((".yaml", ".yml")) or Path(text).expanduser().is_file()))  # fmt: skip
+    if not looks_like_path:
+        return text, _STRING_SOURCE
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise RecipeError(f"{text}: no such recipe file.")
+    try:
+        return path.read_text(encoding="utf-8"), text
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{text}: cannot read the recipe: {error}") from error
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _mapping(value: Any, where: str, source: str) -> dict:
+    if not isinstance(value, dict):
+        raise RecipeError(f"{source}: {where} must be a mapping, got {_type_name(value)} {value!r}.")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise RecipeError(f"{source}: {where} has non-string keys {bad}.")
+    return value
+
+
+def _unknown(values: dict, allowed: tuple[str, ...], where: str, source: str, hint: str = "") -> None:
+    unknown = [k for k in values if k not in allowed]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise RecipeError(
+            f"{source}: unknown key {prefix}{unknown[0]}; allowed {'here ' if where else 'at the top level '}are "
+            f"{list(allowed)}.{hint}"
+        )
+
+
+def _optional_str(values: dict, key: str, where: str, source: str) -> str | None:
+    value = values.get(key)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise RecipeError(f"{source}: {where}{key}={value!r} is not allowed: give a non-empty string or null.")
+    return value
+
+
+def _parse(data: Any, source: str) -> Recipe:
+    data = _mapping(data, "the recipe", source)
+    stages = [k for k in data if k.endswith("_stage") or k == "stage"]
+    others = {k: v for k, v in data.items() if k not in stages}
+    _unknown(others, TOP_LEVEL_FIELDS, "", source, " A stage is a key ending in '_stage'.")
+    if len(stages) != 1:
+        raise RecipeError(
+            f"{source}: a recipe needs exactly one '<name>_stage' holding one '<name>_modifiers' group with a "
+            f"{MODIFIER_NAME}; found {len(stages)} stages {stages}."
+        )
+    stage = stages[0]
+    groups = _mapping(data[stage], stage, source)
+    if len(groups) != 1 or not next(iter(groups)).endswith("modifiers"):
+        raise RecipeError(
+            f"{source}: {stage} must hold exactly one '<name>_modifiers' group; found keys {list(groups)}."
+        )
+    group = next(iter(groups))
+    modifiers = _mapping(groups[group], f"{stage}.{group}", source)
+    if list(modifiers) != [MODIFIER_NAME]:
+        extra = [m for m in modifiers if m != MODIFIER_NAME]
+        what = f"unknown modifier {stage}.{group}.{extra[0]}" if extra else f"{stage}.{group} is empty"
+        raise RecipeError(f"{source}: {what}; this package runs exactly one {MODIFIER_NAME}.")
+    path = f"{stage}.{group}.{MODIFIER_NAME}"
+    kwargs = modifiers[MODIFIER_NAME]
+    kwargs = {} if kwargs is None else _mapping(kwargs, path, source)
+    misplaced = [k for k in kwargs if k in CALIBRATION_FIELDS]
+    hint = f" ({misplaced[0]} is a calibration setting: put it under calibration:)" if misplaced else ""
+    _unknown(kwargs, MODIFIER_FIELDS + MODIFIER_EXTRA_FIELDS, path, source, hint)
+
+    calibration = data.get("calibration")
+    calibration = {} if calibration is None else _mapping(calibration, "calibration", source)
+    _unknown(calibration, CALIBRATION_FIELDS, "calibration", source)
+
+    budgets = [k for k in BUDGET_FIELDS if kwargs.get(k) is not None]
+    if len(budgets) > 1:
+        raise RecipeError(f"{source}: {path} sets {budgets}: give exactly one of {list(BUDGET_FIELDS)}.")
+    values = {k: v for k, v in kwargs.items() if k in MODIFIER_FIELDS}
+    if budgets:
+        values.update({k: None for k in BUDGET_FIELDS if k not in budgets})
+    values.update(calibration)
+    config = _config(values, source, path)
+
+    start_step = kwargs.get("start_step")
+    if start_step is not None and (isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0):
+        raise RecipeError(f"{source}: {path}.start_step={start_step!r} is not allowed: it must be an integer >= 0.")
+
+    recipe = Recipe(
+        config=config,
+        model=_optional_str(data, "model", "", source),
+        architecture=_architecture(data.get("architecture"), source),
+        evaluation=_evaluation(data.get("evaluation"), source),
+        output_dir=_optional_str(data, "output_dir", "", source),
+        push_to_hub=_push_to_hub(data.get("push_to_hub"), source),
+        start_step=start_step,
+        description=_optional_str(data, "description", "", source),
+        stage=stage,
+        modifiers_group=group,
+        source=source,
+    )
+    return recipe
+
+
+def _config(values: dict, source: str, modifier_path: str) -> RankPruneConfig:
+    try:
+        return RankPruneConfig.from_dict(values)
+    except ConfigError as error:
+        message = _located(str(error), source, modifier_path)
+        match = re.match(r"(\w+)=", str(error))
+        value = values.get(match.group(1)) if match else None
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
+            message += f" (YAML reads {value} as a string: write it with a decimal point, e.g. 1.0e-4)"
+        raise RecipeError(message) from error
+
+
+def _located(message: str, source: str, modifier_path: str) -> str:
+    """Prefix a ConfigError message ("name=value is not allowed: ...") with the file and the key path."""
+    match = re.match(r"(\w+)=", message)
+    if match:
+        name = match.group(1)
+        section = "calibration" if name in CALIBRATION_FIELDS else modifier_path
+        return f"{source}: {section}.{message}"
+    return f"{source}: {modifier_path}: {message}"
+
+
+def _architecture(value: Any, source: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise RecipeError(
+            f"{source}: architecture={value!r} is not allowed: give a model_type or a list of model_types."
+        )
+    from .arch import supported_model_types
+
+    supported = supported_model_types()
+    unknown = [n for n in names if n not in supported]
+    if unknown:
+        raise RecipeError(
+            f"{source}: architecture={value!r} is not allowed: {unknown} {'is' if len(unknown) == 1 else 'are'} "
+            f"not a supported model_type; choose from {supported}."
+        )
+    return list(names)
+
+
+def _evaluation(value: Any, source: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    value = _mapping(value, "evaluation", source)
+    _unknown(value, EVALUATION_FIELDS, "evaluation", source)
+    tasks = value.get("tasks")
+    if not isinstance(tasks, list) or not tasks or not all(t in EVALUATION_TASKS for t in tasks):
+        raise RecipeError(
+            f"{source}: evaluation.tasks={tasks!r} is not allowed: give a non-empty list from {list(EVALUATION_TASKS)}."
+        )
+    for key in ("num_keys", "context_length", "seed", "window", "max_tokens", "batch_size"):
+        item = value.get(key)
+        if item is not None and (isinstance(item, bool) or not isinstance(item, int) or item < (0 if key == "seed"
+                                                                                                else 1)):  # fmt: skip
+            raise RecipeError(f"{source}: evaluation.{key}={item!r} is not allowed: it must be a positive integer.")
+    lengths = value.get("lengths")
+    if lengths is not None and (not isinstance(lengths, list) or not lengths or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths)):  # fmt: skip
+        raise RecipeError(f"{source}: evaluation.lengths={lengths!r} is not allowed: give a list of positive ints.")
+    depths = value.get("depths")
+    if depths is not None and (not isinstance(depths, list) or not depths or not all(
+            isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1 for d in depths)):  # fmt: skip
+        raise RecipeError(f"{source}: evaluation.depths={depths!r} is not allowed: give a list of numbers in [0, 1].")
+    return copy.deepcopy(value)
+
+
+def _push_to_hub(value: Any, source: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    value = _mapping(value, "push_to_hub", source)
+    _unknown(value, PUSH_FIELDS, "push_to_hub", source)
+    repo_id = value.get("repo_id")
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise RecipeError(
+            f"{source}: push_to_hub.repo_id={repo_id!r} is not allowed: give a repo id like 'namespace/name'."
+        )
+    private = value.get("private")
+    if private is not None and not isinstance(private, bool):
+        raise RecipeError(f"{source}: push_to_hub.private={private!r} is not allowed: give true or false.")
+    return dict(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# using a recipe
+# ---------------------------------------------------------------------------------------------------------------
+def override_config(config: RankPruneConfig, **overrides: Any) -> RankPruneConfig:
+    """`config.replace(**overrides)`, where setting one budget field (ratio/num_heads/target_state_bytes) clears
+    the other two, so an override of the budget always takes effect. Unknown names raise ConfigError."""
+    overrides = dict(overrides)
+    given = [k for k in BUDGET_FIELDS if overrides.get(k) is not None]
+    if given:
+        overrides.update({k: None for k in BUDGET_FIELDS if k not in given})
+    return config.replace(**overrides) if overrides else config
+
+
+def _model_types(model_or_config: Any) -> list[str]:
+    config = getattr(model_or_config, "config", model_or_config)
+    if isinstance(config, dict):
+        candidates = [config, config.get("text_config") or {}]
+        types = [c.get("model_type") for c in candidates]
+    else:
+        from .arch.base import text_config
+
+        types = [getattr(config, "model_type", None), getattr(text_config(config), "model_type", None)]
+    out: list[str] = []
+    for name in types:
+        if name:
+            out.extend([name, name.removesuffix("_rankpruned")])
+    return list(dict.fromkeys(out))
+
+
+def check_architecture(recipe: Recipe, model_or_config: Any) -> None:
+    """Refuse a model whose model_type (or its text model's, or the un-pruned type of a pruned model) is not one
+    of the recipe's `architecture` (no `architecture` accepts any supported model)."""
+    recipe = load_recipe(recipe)
+    if recipe.architecture is None:
+        return
+    types = _model_types(model_or_config)
+    if not set(types) & set(recipe.architecture):
+        raise RecipeError(
+            f"{recipe.source or _STRING_SOURCE}: architecture={recipe.architecture} but the model is model_type="
+            f"{types[0] if types else None!r}: this recipe is for another architecture; use a recipe written for "
+            "this model (or change architecture:)."
+        )
+
+
+def pruner_from_recipe(cls, recipe, model=None, **overrides):
+    """`RankPruner.from_recipe`: the model argument (object, folder or Hub id) wins over the recipe's `model:`;
+    `overrides` are RankPruneConfig fields (win over the recipe) or `device_map`/`torch_dtype`/`tokenizer`."""
+    from .loading import load_config, resolve_model_path
+
+    recipe = load_recipe(recipe)
+    loading = {k: overrides.pop(k) for k in ("device_map", "torch_dtype", "tokenizer") if k in overrides}
+    config = override_config(recipe.config, **overrides)
+    if isinstance(model, torch.nn.Module):
+        check_architecture(recipe, model)
+        pruner = cls.from_pretrained(model, config, **loading)
+    else:
+        path = resolve_model_path(model if model is not None else recipe.model)
+        check_architecture(recipe, load_config(path))  # before any weight is read
+        pruner = cls.from_pretrained(path, config, **loading)
+        pruner.model_name = str(model or recipe.model or path)
+    pruner.recipe = recipe
+    return pruner
+
+
+def _samples(data: Any):
+    """Token-id tensors [N, T] become calibration samples; everything else goes to the pruner as is."""
+    if isinstance(data, torch.Tensor):
+        from .data import CalibrationSamples
+
+        ids = data if data.dim() == 2 else data.reshape(1, -1)
+        return CalibrationSamples(ids.detach().to("cpu", torch.long), ["train"] * ids.shape[0])
+    return data
+
+
+def apply_recipe(model: torch.nn.Module, recipe: Recipe | RankPruneConfig | dict | str | os.PathLike,
+                 tokenizer: Any = None, data: Any = None):  # fmt: skip
+    """Calibrate `model` (eval mode, no grad), plan and prune it in place under `recipe`; returns the plan relative
+    to the original model. `data`: calibration samples, a [N, T] tensor of token ids, or any spec
+    `load_calibration_samples` takes (default: the recipe's calibration data, tokenised with `tokenizer`)."""
+    from .pruner import RankPruner
+
+    recipe = Recipe(config=recipe) if isinstance(recipe, RankPruneConfig) else load_recipe(recipe)
+    check_architecture(recipe, model)
+    pruner = RankPruner(model, tokenizer, recipe.config)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            pruner.calibrate(_samples(data), progress=False)
+            pruner.plan()
+        pruner.prune()
+    finally:
+        model.train(was_training)
+    return pruner.pruning_plan
+
+
+def retarget_optimizer(optimizer: Any, model: torch.nn.Module, names_before: dict[int, str]) -> int:
+    """After pruning replaced parameters, point `optimizer`'s param groups at the model's new parameters (same
+    names, new tensors) in place, so the Trainer's optimizer and LR scheduler keep working. The optimizer state
+    (e.g. Adam moments) of replaced parameters is dropped: they restart from zero. Returns how many were replaced."""
+    now = dict(model.named_parameters())
+    placed: set[int] = set()
+    replaced = 0
+    for group in optimizer.param_groups:
+        params = []
+        for param in group["params"]:
+            name = names_before.get(id(param))
+            new = param if name is None else now.get(name)
+            if new is not param:
+                optimizer.state.pop(param, None)
+                replaced += 1
+            if new is not None and id(new) not in placed:
+                params.append(new)
+                placed.add(id(new))
+        group["params"] = params
+    known = set(names_before.values())
+    missing = [p for n, p in now.items() if p.requires_grad and id(p) not in placed and n not in known]
+    if missing and optimizer.param_groups:
+        optimizer.param_groups[0]["params"].extend(missing)
+    return replaced
+
+
+try:  # transformers is a dependency; the callback class is defined only where its base class imports
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover
+    TrainerCallback = object  # type: ignore[assignment,misc]
+
+
+class RankPruneCallback(TrainerCallback):
+    """Prune during training with `transformers.Trainer`: after optimizer step `start_step` (0: before the first
+    step) the model is calibrated (eval mode, no grad), pruned in place, and the Trainer's optimizer is pointed at
+    the new parameters; training then continues on the pruned model (recovery fine-tuning).
+
+    Args:
+        recipe_or_config: a Recipe (or its file / YAML / mapping) or a RankPruneConfig.
+        tokenizer: tokenises the recipe's calibration data (default: the Trainer's `processing_class`).
+        data: calibration data (samples, a [N, T] tensor of token ids, or data specs); default: the recipe's.
+        start_step: optimizer step after which to prune; default: the recipe's `start_step`.
+
+    Single-process training only (a DDP/FSDP wrapper holds its own references to the parameters).
+    """
+
+    def __init__(self, recipe_or_config: Any, tokenizer: Any = None, data: Any = None, start_step: int | None = None):
+        if isinstance(recipe_or_config, RankPruneConfig):
+            self.recipe = Recipe(config=recipe_or_config)
+        else:
+            self.recipe = load_recipe(recipe_or_config)
+        step = start_step if start_step is not None else self.recipe.start_step
+        if step is None:
+            raise RecipeError(
+                f"{self.recipe.source or _STRING_SOURCE}: RankPruneCallback needs start_step (pass start_step= or "
+                f"set {self.recipe.modifier_path}.start_step)."
+            )
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise RecipeError(f"start_step={step!r} is not allowed: it must be an integer >= 0.")
+        self.start_step = step
+        self.tokenizer = tokenizer
+        self.data = data
+        self.plan = None
+        self.pruned_at_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.start_step == 0 and state.global_step == 0:
+            self._prune(state, kwargs)
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.plan is None and state.global_step == self.start_step:
+            self._prune(state, kwargs)
+        return control
+
+    def _prune(self, state, kwargs: dict) -> None:
+        model = kwargs["model"]
+        optimizer = kwargs.get("optimizer")
+        tokenizer = self.tokenizer if self.tokenizer is not None else kwargs.get("processing_class")
+        names_before = {id(p): n for n, p in model.named_parameters()}
+        self.plan = apply_recipe(model, self.recipe, tokenizer=tokenizer, data=self.data)
+        replaced = retarget_optimizer(optimizer, model, names_before) if optimizer is not None else 0
+        self.pruned_at_step = state.global_step
+        logger.info(
+            "RankPruneCallback: removed %s of %s value heads after step %s; %s parameters replaced in the optimizer.",
+            self.plan.settings.get("removed_value_heads"), self.plan.settings.get("total_value_heads"),
+            state.global_step, replaced,
+        )  # fmt: skip
