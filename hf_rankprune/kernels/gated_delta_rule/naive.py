@@ -137,7 +137,8 @@ def _varlen(core, q, k, v, g, beta, cu_seqlens, **kwargs):
     return _unpack_sequences(o, lengths), state
 
 
-def _chunk_core(q, k, v, g, beta, value_to_key, scale, initial_state, use_qk_l2norm_in_kernel, chunk_size=64):
+def _chunk_core(q, k, v, g, beta, value_to_key, scale, initial_state, use_qk_l2norm_in_kernel, chunk_size=64,
+                chunk_state_callback=None):
     dtype = _state_dtype(q)
     B, T = v.shape[:2]
     HV, V = v.shape[2:]
@@ -171,6 +172,8 @@ def _chunk_core(q, k, v, g, beta, value_to_key, scale, initial_state, use_qk_l2n
         v_new = u[:, :, i] - w[:, :, i] @ state
         outs.append(q[:, :, i] @ state + attn[:, :, i] @ v_new)
         state = state * chunk_decay[:, :, i] + k[:, :, i].transpose(-1, -2) @ v_new
+        if chunk_state_callback is not None:
+            chunk_state_callback(i, state)
     if not outs:  # T == 0
         return v.new_zeros(B, 0, HV, V), state
     o = torch.stack(outs, dim=2).reshape(B, HV, NT * chunk_size, V)[:, :, :T]
@@ -221,10 +224,18 @@ def naive_chunk_gated_delta_rule(
     use_qk_l2norm_in_kernel: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 64,
+    chunk_state_callback=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chunked torch reference (prefill); differentiable. Arguments as `hf_rankprune.kernels.chunk_gated_delta_rule`."""
+    """Chunked torch reference (prefill); differentiable. Arguments as `hf_rankprune.kernels.chunk_gated_delta_rule`.
+
+    `chunk_state_callback(i, state)` (fixed-length batches only) sees the recurrent state after chunk i, i.e. after
+    min((i + 1) * chunk_size, T) tokens: calibration reads states on its grid from one pass this way.
+    """
+    if chunk_state_callback is not None and cu_seqlens is not None:
+        raise ValueError("chunk_state_callback needs fixed-length batches (cu_seqlens=None).")
     return _run(_chunk_core, q, k, v, g, beta, value_to_key, scale, initial_state, output_final_state,
-                use_qk_l2norm_in_kernel, cu_seqlens, chunk_size=chunk_size)
+                use_qk_l2norm_in_kernel, cu_seqlens, chunk_size=chunk_size,
+                chunk_state_callback=chunk_state_callback)
 
 
 def naive_recurrent_gated_delta_rule(
