@@ -18,6 +18,7 @@ from .data import (
 )
 from .plan import LayerPlan, PlanError, PrunePlan
 from .pruner import RankPruner
+from .recipe import RankPruneCallback, Recipe, RecipeError, apply_recipe, check_architecture, load_recipe
 from .report import analyze, write_report
 from .scoring import head_scores, plan_from_stats
 from .stats import RankStats, StatsError
@@ -37,17 +38,23 @@ __all__ = [
     "PlanError",
     "PrunePlan",
     "RankPruneConfig",
+    "RankPruneCallback",
     "RankPruner",
+    "Recipe",
+    "RecipeError",
     "RankStats",
     "StatsError",
     "TextSource",
     "analyze",
     "apply_plan",
+    "apply_recipe",
     "calibrate",
+    "check_architecture",
     "describe_samples",
     "get_adapter",
     "head_scores",
     "load_calibration_samples",
+    "load_recipe",
     "model_plan",
     "observe_states",
     "plan_from_stats",
