@@ -219,3 +219,17 @@ def test_calibrating_a_ragged_pruned_model_observes_its_true_states(family):
         assert (captured[(layer, 1)] - reference.past_key_values.get_recurrent_state(layer)).abs().max() <= 1e-5
     stats = calibrate(model, ids, RankPruneConfig(seq_len=130), progress=False)
     assert stats.num_heads == [5, 8, 6]
+
+
+def test_composite_qwen3_5_vision_language_config_resolves_to_its_text_model():
+    from conftest import COMMON
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=8,
+                  temporal_patch_size=1, spatial_merge_size=1)  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=dict(COMMON, intermediate_size=128),
+                                                          vision_config=vision)).eval()  # fmt: skip
+    assert model.config.model_type == "qwen3_5"
+    stats = calibrate(model, random_samples(1, 100), RankPruneConfig(seq_len=100), progress=False)
+    assert stats.layers == [0, 1, 3] and stats.settings["model_type"] == "qwen3_5_text"
