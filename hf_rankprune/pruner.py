@@ -37,6 +37,8 @@ class RankPruner(OptimumQuantizer):
         self._stats: RankStats | None = None
         self._plan: PrunePlan | None = None
         self._pruned = False
+        # {"original": {...}, "pruned": {...}} of flat metric keys ("passkey.accuracy"): shown in the model card
+        self.evaluation_results: dict[str, dict[str, float]] | None = None
 
     @classmethod
     def from_pretrained(
@@ -130,10 +132,32 @@ class RankPruner(OptimumQuantizer):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
                         max_shard_size: int | str | None = None) -> Path:  # fmt: skip
-        """Write the pruned model, tokenizer and plan (prunes first if needed); nothing half-written on failure."""
+        """Write the pruned model, tokenizer, plan and model card (README.md, figures/) (prunes first if needed);
+        nothing half-written on failure."""
+        from .card import write_pruner_card
+
         self.prune()
         return save_pruned(self.model, save_directory, self.tokenizer, overwrite=overwrite,
-                           max_shard_size=max_shard_size)  # fmt: skip
+                           max_shard_size=max_shard_size,
+                           write_extra=lambda folder: write_pruner_card(self, folder))  # fmt: skip
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | bool | None = None,
+                    revision: str | None = None, commit_message: str | None = None, create_pr: bool = False):
+        """Prune (if needed), save into a temporary folder and push it to the Hub in one commit (weights, config,
+        tokenizer, plan, model card, figures); returns the `CommitInfo`. Raises `ValueError` for an invalid repo id
+        (before any work) and `hub.HubPushError` when the Hub fails. The token is never written anywhere."""
+        import tempfile
+
+        from .card import write_pruner_card
+        from .hub import _check_repo_id, push_folder
+
+        _check_repo_id(repo_id)
+        self.prune()
+        with tempfile.TemporaryDirectory(prefix="hf_rankprune-push-") as tmp:
+            folder = save_pruned(self.model, Path(tmp) / "model", self.tokenizer,
+                                 write_extra=lambda staging: write_pruner_card(self, staging, repo_id=repo_id))  # fmt: skip
+            return push_folder(folder, repo_id, private=private, token=token, revision=revision,
+                               commit_message=commit_message, create_pr=create_pr)  # fmt: skip
 
     def quantize(self, save_dir: str | os.PathLike, file_prefix: str | None = None, **kwargs: Any) -> Path:
         """The `OptimumQuantizer` entry point: prune and save into `save_dir`."""

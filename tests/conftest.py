@@ -96,3 +96,27 @@ def save_tiny_model(family: str, path: Path, **overrides) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny Qwen3.5 model folder with its tokenizer, shared by the command-line tests."""
     return save_tiny_model("qwen3_5", tmp_path_factory.mktemp("tiny_qwen3_5"))
+
+
+# ------------------------------------------------------------------------------------------------ local Hub
+
+
+@pytest.fixture
+def _isolated_hub_client(tmp_path, monkeypatch):
+    """No Xet, no saved or environment token: the test talks only to its own local Hub (`hub` uses this)."""
+    from huggingface_hub import constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def hub(tmp_path, _isolated_hub_client):
+    """A local Hub (tests/hub_server.py) on a free port, storing repos under tmp_path/hub; stopped after the test."""
+    from hub_server import LocalHub
+
+    with LocalHub(tmp_path / "hub") as server:
+        yield server

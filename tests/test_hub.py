@@ -16,7 +16,6 @@ import torch
 from conftest import build_tiny_model
 from hub_server import LocalHub
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
     HfHubHTTPError,
     RemoteEntryNotFoundError,
@@ -33,21 +32,8 @@ TOKEN = "hf_local_test_token_0123456789"
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(autouse=True)
-def _isolated_hub_client(tmp_path, monkeypatch):
-    """No Xet, no saved or environment token: every test talks only to its own local Hub."""
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def hub(tmp_path):
-    """A local Hub on a free port, storing repos under tmp_path/hub; stopped after the test."""
-    with LocalHub(tmp_path / "hub") as server:
-        yield server
+# `hub` and `_isolated_hub_client` live in conftest.py; every test here runs isolated, even those without `hub`.
+pytestmark = pytest.mark.usefixtures("_isolated_hub_client")
 
 
 @pytest.fixture(scope="module")

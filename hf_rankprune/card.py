@@ -1,0 +1,501 @@
+"""Model cards for pruned models: `README.md` rendered from `model_cards/pruned_model_card.md` (Jinja2).
+
+    card = build_model_card(plan, base_model="Qwen/Qwen3-Next-80B-A3B-Instruct", evaluation=results)
+    write_model_card(folder, plan, stats=stats, ...)      # README.md (+ figures/, rank_stats.json)
+
+The card says what was removed and why (the method of Sun et al., arXiv 2602.02195), the settings or recipe that
+reproduce it, the kept heads per layer, the state memory saved at a stated context length, evaluation before and after
+(also as `model-index` metadata), the rank figures, and how to load the model (stock transformers for uniform plans;
+`import hf_rankprune` or `trust_remote_code=True` for ragged ones). Its metadata parses with `ModelCardData`.
+
+`RankPruner.save_pretrained` and `RankPruner.push_to_hub` write the card through `write_pruner_card`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .plan import PrunePlan
+
+__all__ = [
+    "BASE_MODEL_RELATION",
+    "CARD_FILE",
+    "DEFAULT_CONTEXT_LENGTH",
+    "TEMPLATE_PATH",
+    "ModelCardError",
+    "base_model_license",
+    "build_model_card",
+    "write_model_card",
+    "write_pruner_card",
+]
+
+# `hf_rankprune/model_cards` links to the top-level `model_cards/`; wheels carry the files it points to.
+TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "pruned_model_card.md"
+CARD_FILE = "README.md"
+FIGURES_DIR = "figures"
+STATS_FILE = "rank_stats.json"
+CARD_FIGURES = ("rank_trajectories.png", "rank_heatmap.png")
+DEFAULT_CONTEXT_LENGTH = 32_768
+PAPER_ARXIV = "2602.02195"
+# The Hub knows four relations to a base model: adapter, merge, quantized, finetune (there is no "pruned").
+# Head pruning is a zero-shot compression of the base model's own weights, with no training: the Hub's "quantized"
+# relation (compressed derivatives, listed under the base model's "Quantizations") is the closest; "finetune" would
+# claim training, "adapter" and "merge" describe other artefacts.
+BASE_MODEL_RELATION = "quantized"
+TAGS = ("hf_rankprune", "pruned", "linear-attention")
+METRIC_TASKS = {
+    "perplexity": "held-out text perplexity",
+    "passkey": "passkey retrieval",
+    "memory": "inference memory",
+    "speed": "decoding speed",
+}
+
+
+NOT_SCORES = ("memory", "speed")  # measured, but not quality scores for `model-index` (speed depends on hardware)
+
+
+class ModelCardError(ValueError):
+    """The inputs of a model card are malformed (evaluation results, template)."""
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def build_model_card(
+    plan: PrunePlan,
+    *,
+    base_model: str | None = None,
+    base_model_name: str | None = None,
+    license: str | Mapping[str, str] | None = None,
+    evaluation: Mapping[str, Mapping[str, float]] | None = None,
+    recipe: str | Any | None = None,
+    context_length: int | None = None,
+    repo_id: str | None = None,
+    figures: Sequence[str] = (),
+    template_path: str | os.PathLike | None = None,
+) -> ModelCard:
+    """Render the card of a model pruned by `plan` (relative to the original model).
+
+    Args:
+        plan: the pruned model's plan (`model_plan(model)`).
+        base_model: Hub id of the original model (metadata `base_model`); None when it is not on the Hub.
+        base_model_name: how the text names the original model when `base_model` is None (e.g. a local path).
+        license: the base model's license id (e.g. "apache-2.0"), or a mapping with `license`, `license_name`,
+            `license_link` (for `license: other`); None leaves it out.
+        evaluation: `{"original": {...}, "pruned": {...}}` of flat metric keys ("passkey.accuracy",
+            "perplexity.perplexity"), either side optional; the pruned side also goes into `model-index`.
+        recipe: the recipe used (YAML text, or an object with `to_yaml()` such as `hf_rankprune.recipe.Recipe`).
+        context_length: tokens per sequence for the memory figures (default 32768).
+        repo_id: the repo the card will live in (used in the loading snippets).
+        figures: file names under `figures/` to show.
+        template_path: a Jinja2 template (default: `model_cards/pruned_model_card.md`).
+    """
+    from . import __version__
+
+    evaluation = _check_evaluation(evaluation)
+    context_length = int(context_length or DEFAULT_CONTEXT_LENGTH)
+    if context_length < 1:
+        raise ModelCardError(f"context_length must be a positive number of tokens, got {context_length}.")
+    template = Path(template_path) if template_path is not None else TEMPLATE_PATH
+    if not template.is_file():
+        raise ModelCardError(f"Model card template {template} is missing.")
+
+    family = _family(plan.model_type)
+    memory = plan.memory(context_length=context_length)
+    settings = dict(plan.settings or {})
+    percent = f"{100 * plan.removed_fraction:.1f}%"
+    name = (repo_id or "").split("/")[-1] or (base_model or "").split("/")[-1] or family
+    title = f"{name}" if repo_id else f"{name}, {percent} of linear-attention heads pruned"
+    license_fields = _license_fields(license)
+    eval_results = _eval_results(evaluation.get("pruned") or {})
+    card_data = ModelCardData(
+        base_model=base_model,
+        base_model_relation=BASE_MODEL_RELATION if base_model else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=[*TAGS, family, f"arxiv:{PAPER_ARXIV}"],
+        eval_results=eval_results or None,
+        model_name=name if eval_results else None,
+        **license_fields,
+    )
+    info = plan.model_info or {}
+    context = {
+        "title": title,
+        "summary": (
+            f"A copy of {base_model or base_model_name or 'the base model'} with {plan.num_removed_value_heads} of its "
+            f"{plan.num_value_heads} linear-attention heads removed by state-rank pruning, which shrinks the "
+            f"linear-attention state by {_percent(memory.state_reduction)}."
+        ),
+        "base_model": base_model,
+        "base_model_name": base_model_name or "unknown (not a Hub model)",
+        "model_type": plan.model_type,
+        "num_linear_layers": len(plan.layers),
+        "num_full_layers": len(info.get("full_attention_layers") or []),
+        "removed_heads": plan.num_removed_value_heads,
+        "total_heads": plan.num_value_heads,
+        "removed_percent": percent,
+        "uniform": plan.is_uniform,
+        "version": __version__,
+        "settings": _Settings(settings),
+        "direction_text": _direction_text(settings),
+        "settings_yaml": yaml.safe_dump(settings, sort_keys=False, default_flow_style=None).strip() if settings else "",
+        "recipe": _recipe_text(recipe),
+        "cli_flags": _cli_flags(settings),
+        "composed": "steps" in settings,
+        "layers": [
+            {
+                "layer": layer.layer,
+                "value_kept": layer.num_kept_value_heads,
+                "value_total": layer.num_value_heads,
+                "key_kept": layer.num_kept_key_heads,
+                "key_total": layer.num_key_heads,
+                "removed": ", ".join(map(str, layer.removed_value_heads)) or "none",
+            }
+            for layer in plan.layers
+        ],
+        "memory": {
+            "context_length": f"{memory.context_length:,}",
+            "state_dtype": memory.state_dtype,
+            "kv_dtype": memory.kv_dtype,
+            "state_before": _bytes(memory.state_bytes_before),
+            "state_after": _bytes(memory.state_bytes_after),
+            "state_reduction": _percent(memory.state_reduction),
+            "conv_before": _bytes(memory.conv_bytes_before),
+            "conv_after": _bytes(memory.conv_bytes_after),
+            "kv": _bytes(memory.kv_cache_bytes),
+            "total_before": _bytes(memory.total_bytes_before),
+            "total_after": _bytes(memory.total_bytes_after),
+            "total_reduction": _percent(memory.total_reduction),
+        },
+        "evaluation": _evaluation_rows(evaluation),
+        "evaluation_note": _evaluation_note(evaluation),
+        "figures": list(figures),
+        "repo_id": repo_id or "path/to/this/model",
+    }
+    try:
+        card = ModelCard.from_template(card_data, template_path=str(template), **context)
+    except Exception as error:  # jinja2 errors name the template line
+        raise ModelCardError(f"Cannot render the model card template {template}: {error}") from error
+    return ModelCard(_tidy(card.content))
+
+
+def write_model_card(
+    folder: str | os.PathLike,
+    plan: PrunePlan,
+    *,
+    stats: Any = None,
+    **card_kwargs: Any,
+) -> ModelCard:
+    """Write `README.md` into `folder` and, with `stats` (a `RankStats`), the rank figures (`figures/*.png`) and
+    `rank_stats.json`; `card_kwargs` go to `build_model_card`. Returns the card."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures: list[str] = []
+    if stats is not None:
+        from .report import analyze, plot_figures
+
+        written = plot_figures(stats, analyze(stats), folder / FIGURES_DIR)
+        figures = [name for name in CARD_FIGURES if name in written]
+        stats.to_json_file(folder / STATS_FILE)
+    card_kwargs.setdefault("figures", figures)
+    card = build_model_card(plan, **card_kwargs)
+    card.save(folder / CARD_FILE)
+    return card
+
+
+def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | None = None) -> ModelCard:
+    """The card of a `RankPruner`'s pruned model: its plan, statistics, `evaluation_results`, recipe and base model."""
+    from .surgery import model_plan
+
+    model = pruner.model
+    plan = model_plan(model)
+    if plan is None:
+        raise ModelCardError("The pruner's model carries no prune plan: prune it before writing its card.")
+    name = str(pruner.model_name) if pruner.model_name else None
+    base_model = hub_model_id(name)
+    license = getattr(model.config, "license", None) or base_model_license(name)
+    max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    context_length = min(DEFAULT_CONTEXT_LENGTH, int(max_positions)) if max_positions else None
+    return write_model_card(
+        folder,
+        plan,
+        stats=pruner.stats,
+        base_model=base_model,
+        base_model_name=name,
+        license=license,
+        evaluation=getattr(pruner, "evaluation_results", None),
+        recipe=getattr(pruner, "recipe", None),
+        context_length=context_length,
+        repo_id=repo_id,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ base model
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """`name` if it is a Hub model id "namespace/name" and not a local path; else None (a bare name is more likely
+    a class name than a legacy un-namespaced Hub id)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name or name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def base_model_license(name_or_path: str | os.PathLike | None, *, endpoint: str | None = None) -> dict[str, str] | None:
+    """The license metadata (`license`, and `license_name`/`license_link` if set) of a base model's card: read from
+    its folder, or fetched from the Hub (`endpoint`, default `HF_ENDPOINT`) for a Hub id; None when there is no card
+    or it names no license."""
+    if not name_or_path:
+        return None
+    readme = Path(name_or_path).expanduser() / CARD_FILE
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8-sig")
+    else:
+        repo_id = hub_model_id(str(name_or_path))
+        text = _hub_card_text(repo_id, endpoint) if repo_id is not None else None
+        if text is None:
+            return None
+    try:
+        data = ModelCard(text, ignore_metadata_errors=True).data
+    except Exception:  # a malformed card of the base model must not stop the save
+        return None
+    return _license_of(data)
+
+
+def _hub_card_text(repo_id: str, endpoint: str | None = None) -> str | None:
+    """The README.md of a Hub model, or None (no card, gated, offline, unreachable).
+
+    One request without retries, so that an offline machine does not wait on back-offs; nothing is cached."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, CARD_FILE)
+        return Path(cached).read_text(encoding="utf-8-sig") if isinstance(cached, str) else None
+    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    try:
+        headers = HfApi(endpoint=endpoint)._build_hf_headers()
+        response = get_session().get(f"{endpoint}/{repo_id}/resolve/main/{CARD_FILE}", headers=headers,
+                                     timeout=10, follow_redirects=True)  # fmt: skip
+    except Exception:  # no network, refused connection, timeout: the license stays unknown (the card omits it)
+        return None
+    return response.text if response.status_code == 200 else None
+
+
+def _license_of(data: Any) -> dict[str, str] | None:
+    if not getattr(data, "license", None):
+        return None
+    fields = {"license": str(data.license)}
+    for key in ("license_name", "license_link"):
+        if getattr(data, key, None):
+            fields[key] = str(getattr(data, key))
+    return fields
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+class _Settings(dict):
+    """Plan settings for the template: missing keys read as None (composed plans keep theirs under `steps`)."""
+
+    def __getattr__(self, key: str) -> Any:
+        if "steps" in self and key not in self:
+            steps = self["steps"]
+            return steps[-1].get(key) if steps and isinstance(steps[-1], Mapping) else None
+        return self.get(key)
+
+
+def _family(model_type: str) -> str:
+    family = model_type.removesuffix("_rankpruned").removesuffix("_text")
+    return family or model_type
+
+
+def _license_fields(license: str | Mapping[str, str] | None) -> dict[str, str]:
+    if not license:
+        return {}
+    if isinstance(license, str):
+        return {"license": license}
+    if not isinstance(license, Mapping) or not license.get("license"):
+        raise ModelCardError(f"license must be a license id or a mapping with a 'license' key, got {license!r}.")
+    return {key: str(license[key]) for key in ("license", "license_name", "license_link") if license.get(key)}
+
+
+def _direction_text(settings: Mapping[str, Any]) -> str:
+    direction = _Settings(settings).direction
+    return {
+        "saturated": "most saturated (highest-score) heads, the paper's choice,",
+        "low_rank": "least saturated (lowest-score) heads, the opposite of the paper's choice,",
+        "random": "randomly chosen heads (a control)",
+    }.get(direction, f"`{direction}` heads" if direction else "selected heads")
+
+
+def _recipe_text(recipe: Any) -> str | None:
+    if recipe is None:
+        return None
+    if isinstance(recipe, str):
+        return recipe.strip() or None
+    to_yaml = getattr(recipe, "to_yaml", None)
+    if callable(to_yaml):
+        return str(to_yaml()).strip()
+    if isinstance(recipe, Mapping):
+        return yaml.safe_dump(dict(recipe), sort_keys=False).strip()
+    raise ModelCardError(f"recipe must be YAML text or a Recipe, got {type(recipe).__name__}.")
+
+
+_CLI_FLAGS = {
+    "score": "--score",
+    "alpha": "--alpha",
+    "norm": "--norm",
+    "direction": "--direction",
+    "budget": "--budget",
+    "ratio": "--ratio",
+    "num_heads": "--num-heads",
+    "target_state_bytes": "--target-state-bytes",
+    "min_heads_per_layer": "--min-heads-per-layer",
+    "rank_eps": "--rank-eps",
+    "seed": "--seed",
+    "calibration_samples": "--num-samples",
+    "calibration_seq_len": "--seq-len",
+}
+
+
+def _cli_flags(settings: Mapping[str, Any]) -> str:
+    """The `hf-rankprune prune` flags of a one-step plan's settings (empty for composed plans)."""
+    flags = []
+    for key, flag in _CLI_FLAGS.items():
+        value = settings.get(key)
+        if value is not None and value is not False:
+            flags.append(f"{flag} {value}")
+    protected = settings.get("protected_layers")
+    if protected:
+        flags.append("--protected-layers " + ",".join(map(str, protected)))
+    return " ".join(flags)
+
+
+def _check_evaluation(evaluation: Any) -> dict[str, dict[str, float]]:
+    if evaluation is None:
+        return {}
+    if not isinstance(evaluation, Mapping):
+        raise ModelCardError(
+            "evaluation results must be a mapping {'original': {...}, 'pruned': {...}} of flat metric keys, "
+            f"got {type(evaluation).__name__}."
+        )
+    unknown = sorted(set(evaluation) - {"original", "pruned"})
+    if unknown:
+        raise ModelCardError(
+            f"evaluation results have unknown sides {unknown}: use 'original' and/or 'pruned', each a mapping of flat "
+            "metric keys such as 'passkey.accuracy'."
+        )
+    checked = {}
+    for side, metrics in evaluation.items():
+        if metrics is None:
+            continue
+        if not isinstance(metrics, Mapping):
+            raise ModelCardError(f"evaluation results[{side!r}] must map metric keys to numbers, got {metrics!r}.")
+        values = {}
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue  # lists, strings and nested details stay out of the card
+            values[str(key)] = value
+        checked[side] = values
+    return checked
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    task, _, metric = key.partition(".")
+    return (task, metric) if metric else ("evaluation", task)
+
+
+def _eval_results(metrics: Mapping[str, float]) -> list[EvalResult]:
+    """`model-index` entries for the pruned model's numeric quality metrics (counts like `num_tokens`, memory and
+    speed left out: they stay in the card's table)."""
+    results = []
+    for key, value in metrics.items():
+        task, metric = _split_key(key)
+        if task in NOT_SCORES or metric.startswith("num_") or not math.isfinite(float(value)):
+            continue
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Text Generation",
+                dataset_type=task,
+                dataset_name=METRIC_TASKS.get(task, task),
+                metric_type=metric.split("@")[0],
+                metric_name=key,
+                metric_value=value,
+            )
+        )
+    return results
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _evaluation_rows(evaluation: Mapping[str, Mapping[str, float]]) -> list[dict[str, str]]:
+    original, pruned = evaluation.get("original") or {}, evaluation.get("pruned") or {}
+    keys = list(original) + [key for key in pruned if key not in original]
+    rows = []
+    for key in keys:
+        before, after = original.get(key), pruned.get(key)
+        change = ""
+        if before is not None and after is not None and math.isfinite(before) and math.isfinite(after):
+            change = f"{after - before:+.4g}"
+            if before:
+                change += f" ({(after - before) / abs(before):+.1%})"
+        rows.append({"metric": key, "original": _number(before), "pruned": _number(after), "change": change})
+    return rows
+
+
+def _evaluation_note(evaluation: Mapping[str, Mapping[str, float]]) -> str:
+    sides = [side for side in ("original", "pruned") if evaluation.get(side)]
+    if sides == ["pruned"]:
+        return "Only the pruned model was evaluated."
+    if sides == ["original"]:
+        return "Only the original model was evaluated."
+    return ""
+
+
+def _bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} GiB"  # pragma: no cover
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def _tidy(text: str) -> str:
+    """Collapse the blank lines Jinja blocks leave behind (never inside code blocks, which have none to collapse)."""
+    lines, blank = [], 0
+    for line in text.splitlines():
+        blank = blank + 1 if not line.strip() else 0
+        if blank <= 1:
+            lines.append(line.rstrip())
+    return "\n".join(lines).strip() + "\n"
