@@ -154,6 +154,10 @@ def _prune(args: argparse.Namespace) -> int:
     model_path = resolve_model_path(args.model)
     pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype)
     pruner.model_name = str(args.model or DEMO_MODEL_NAME)
+    if recipe is not None:  # the model card shows the recipe, with the flags that overrode it applied
+        import dataclasses
+
+        pruner.recipe = dataclasses.replace(recipe, config=config)
     if stats is not None:
         pruner.load_stats(stats)
     else:
@@ -166,6 +170,123 @@ def _prune(args: argparse.Namespace) -> int:
         f"({'uniform' if plan.is_uniform else 'ragged'} plan); linear state {memory.state_bytes_before} -> "
         f"{memory.state_bytes_after} bytes per sequence ({memory.state_reduction:.1%} less). Saved to {args.out}"
     )
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as error:
+        raise UsageError(f"{flag} {text!r} is not a comma-separated list of integers.") from error
+
+
+def _float_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as error:
+        raise UsageError(f"{flag} {text!r} is not a comma-separated list of numbers.") from error
+
+
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lengths", default="512,1024", help="passkey context lengths in tokens (default 512,1024)")
+    parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="passkey depths in [0, 1]")
+    parser.add_argument("--num-keys", type=int, default=10, help="passkeys per length and depth (default 10)")
+
+
+def _eval_kwargs(args: argparse.Namespace, model_path: str, tasks: Sequence[str]) -> dict:
+    """Evaluation settings, checked against the model's config before any weight is loaded."""
+    from .loading import load_config
+
+    lengths = _int_list(args.lengths, "--lengths")
+    depths = _float_list(args.depths, "--depths")
+    if "passkey" in tasks:
+        if not lengths or min(lengths) < 1:
+            raise UsageError(f"--lengths {args.lengths!r}: give positive token counts.")
+        if not depths or not all(0.0 <= d <= 1.0 for d in depths):
+            raise UsageError(f"--depths {args.depths!r}: every depth must lie in [0, 1].")
+        if args.num_keys < 1:
+            raise UsageError(f"--num-keys {args.num_keys}: give at least 1.")
+        config = load_config(model_path)
+        limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+        if limit is not None and max(lengths) > limit:
+            raise UsageError(
+                f"--lengths {args.lengths!r} goes beyond the model's context (max_position_embeddings={limit})."
+            )
+    return {"lengths": lengths, "depths": depths, "num_keys": args.num_keys}
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluation import KNOWN_TASKS, evaluate_model
+    from .utils import atomic_write_text, check_output_file
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in KNOWN_TASKS]
+    if unknown or not tasks:
+        raise UsageError(f"unknown task(s) {unknown or args.tasks!r}: choose from {','.join(KNOWN_TASKS)}.")
+    check_output_file(args.out, args.overwrite)
+    model_path = resolve_model_path(args.model)
+    kwargs = _eval_kwargs(args, model_path, tasks)
+    model, tokenizer = load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)
+    results = evaluate_model(model, tokenizer, tasks, **kwargs)
+    atomic_write_text(args.out, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    for key in sorted(results):
+        print(f"{key}: {results[key]}")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from .data import load_calibration_samples
+    from .probe import run_probe, write_probe
+    from .pruner import RankPruner
+    from .stats import RankStats
+    from .utils import atomic_output_dir, check_output_dir
+
+    config = _config_from_args(args).replace(**_pruning_overrides(args))
+    check_output_dir(args.out, args.overwrite)
+    seeds = _int_list(args.seeds, "--seeds")
+    if not seeds:
+        raise UsageError("--seeds: give at least one seed for the random control.")
+    stats = RankStats.from_json_file(args.stats) if args.stats else None
+    model_path = resolve_model_path(args.model)
+    eval_kwargs = _eval_kwargs(args, model_path, ["passkey"])
+    pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype)
+    if stats is None:
+        samples = load_calibration_samples(config.data, pruner.tokenizer, config.num_samples, config.seq_len,
+                                           config.seed)  # fmt: skip
+        stats = pruner.calibrate(samples, progress=not args.quiet)
+
+    def fresh_model():
+        return load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)[0]
+
+    result = run_probe(pruner.model, pruner.tokenizer, stats, config, num_heads=args.probe_heads, seeds=seeds,
+                       model_factory=fresh_model, eval_kwargs=eval_kwargs)  # fmt: skip
+    with atomic_output_dir(args.out, args.overwrite) as staging:
+        write_probe(result, staging)
+        stats.to_json_file(staging / "rank_stats.json")
+    print(result["verdict"])
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    """Push a saved (pruned) model folder to the Hub in one commit; the token is never printed."""
+    from pathlib import Path
+
+    from .hub import push_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder: give the output folder of `hf-rankprune prune`.")
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{folder} holds no config.json: it is not a saved model (write it with `hf-rankprune prune`).")
+    try:
+        info = push_folder(folder, args.repo_id, private=True if args.private else None, token=args.token,
+                           revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr)  # fmt: skip
+    except ValueError as error:  # invalid repo id (checked before any request)
+        raise UsageError(str(error)) from error
+    where = f"pull request {info.pr_url}" if info.pr_url else f"commit {info.oid}"
+    print(f"Pushed {folder} to {args.repo_id}: {where}")
     return 0
 
 
@@ -199,6 +320,38 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
     prune.set_defaults(handler=_prune)
+    evaluate = commands.add_parser("eval", help="perplexity, passkey accuracy, state memory and decode speed")
+    _add_model_arguments(evaluate)
+    evaluate.add_argument("--tasks", default="perplexity,passkey,memory,speed",
+                          help="comma-separated tasks (default: all four)")  # fmt: skip
+    _add_eval_arguments(evaluate)
+    evaluate.add_argument("--out", required=True, help="results JSON file")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    evaluate.set_defaults(handler=_eval)
+
+    probe = commands.add_parser("probe", help="which heads can this model spare? high vs low vs random vs JRNP")
+    _add_model_arguments(probe)
+    _add_calibration_arguments(probe)
+    _add_pruning_arguments(probe)
+    _add_eval_arguments(probe)
+    probe.add_argument("--stats", default=None, help="rank_stats.json from `analyze` (skips calibration)")
+    probe.add_argument("--probe-heads", type=int, default=None, help="heads removed per variant (default: the budget)")
+    probe.add_argument("--seeds", default="0,1,2", help="seeds of the random control (default 0,1,2)")
+    probe.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    probe.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    probe.add_argument("--quiet", action="store_true", help="no progress bar")
+    probe.set_defaults(handler=_probe)
+
+    push = commands.add_parser("push", help="push a saved pruned model folder (weights, plan, card) to the Hub")
+    push.add_argument("folder", metavar="DIR", help="a folder written by `hf-rankprune prune` (or save_pretrained)")
+    push.add_argument("repo_id", metavar="REPO_ID", help="Hub model repo, 'namespace/name' (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo as private (if it does not exist)")
+    push.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN or the saved "
+                      "`hf auth login`; prefer those: a flag is visible to other users of the machine)")  # fmt: skip
+    push.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    push.add_argument("--commit-message", default=None, help="summary of the commit")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    push.set_defaults(handler=_push)
     return parser
 
 
@@ -206,7 +359,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (reported as one line), as opposed to bugs (shown with a traceback)."""
     from .arch import AdapterError
     from .calibrate import CalibrationError
+    from .card import ModelCardError
     from .data import CalibrationDataError
+    from .hub import HubPushError
     from .plan import PlanError
     from .recipe import RecipeError
     from .stats import StatsError
@@ -224,6 +379,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
         OutputExistsError,
         RecipeError,
         FileNotFoundError,
+        HubPushError,
+        ModelCardError,
     )
 
 

@@ -46,3 +46,27 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     os.replace(staging, path)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing file at `path` unless `overwrite`, and a folder there always; returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder: give a file path for the results.")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists: choose another file, or replace it with --overwrite.")
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary sibling, then rename it over `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
