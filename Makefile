@@ -24,7 +24,7 @@ test: lint
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(VENV)/bin/hf-rankprune analyze --out demo_out/analysis --overwrite
+	$(PY) scripts/run_demo.py --out demo_out --overwrite
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from conftest import build_tiny_tokenizer
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from hf_rankprune import data as data_module
@@ -29,30 +30,15 @@ from hf_rankprune.data import (
     load_calibration_samples,
 )
 
-EOS = "<|endoftext|>"
 
-
-def _train_tokenizer() -> Tokenizer:
-    """A small byte-level BPE trained on Python's help topics (no download)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    corpus = [topics[k] for k in sorted(topics)[:30]]
-    tok.train_from_iterator(corpus, trainer=trainer)
-    return tok
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return build_tiny_tokenizer(vocab_size=600)
 
 
 @pytest.fixture(scope="module")
-def raw_tokenizer() -> Tokenizer:
-    return _train_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(raw_tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(tokenizer_object=raw_tokenizer, eos_token=EOS)
+def raw_tokenizer(tokenizer) -> Tokenizer:
+    return tokenizer.backend_tokenizer
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -1,0 +1,353 @@
+"""`evaluate_model`: perplexity, passkey retrieval, state memory and decode speed of a causal LM.
+
+Each task computes its numbers with a Hugging Face `evaluate` metric module shipped in
+`hf_rankprune/evaluation/metrics/<name>/<name>.py` and loaded from that folder (no Hub access); the model
+work (scoring tokens, greedy cached decoding, reading head counts off the modules) happens here.
+Results come back as one flat dict, keys `"<task>.<metric>"` (e.g. `"passkey.accuracy@1024"`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from . import passkey as pk
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+KNOWN_TASKS = ("perplexity", "passkey", "memory", "speed")
+
+_METRIC_CACHE: dict[str, object] = {}
+
+
+def load_metric(name: str):
+    """The packaged `evaluate` metric `name` (one of KNOWN_TASKS), loaded offline from its folder."""
+    if name not in KNOWN_TASKS:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(KNOWN_TASKS)}")
+    if name not in _METRIC_CACHE:
+        os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import evaluate
+
+        _METRIC_CACHE[name] = evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
+    return _METRIC_CACHE[name]
+
+
+# ----------------------------------------------------------------------------------------- model utils
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _max_positions(model) -> int | None:
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def _cache_kwarg(model) -> str:
+    """transformers v5 names the forward's cache argument `cache` (`past_key_values` is deprecated)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+@torch.no_grad()
+def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> list[int]:
+    """Greedy cached decoding of one sequence (`input_ids` [1, T]); returns the new token ids."""
+    kwarg = _cache_kwarg(model)
+    ids = input_ids.to(_device(model))
+    output = model(input_ids=ids, use_cache=True)
+    new: list[int] = []
+    for step in range(max_new_tokens):
+        token = int(output.logits[0, -1].argmax())
+        new.append(token)
+        if (eos_token_id is not None and token == eos_token_id) or step == max_new_tokens - 1:
+            break
+        nxt = torch.tensor([[token]], device=ids.device)
+        output = model(input_ids=nxt, use_cache=True, **{kwarg: _output_cache(output)})
+    return new
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+# ------------------------------------------------------------------------------------------ perplexity
+@torch.no_grad()
+def token_log_probs(
+    model,
+    tokenizer,
+    texts: Iterable[str],
+    *,
+    window: int = 512,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    batch_size: int = 4,
+) -> list[list[float]]:
+    """Log-probabilities of the tokens of `texts` (joined by the eos token), window by window.
+
+    With `stride` None (= `window`) the stream is cut into fixed non-overlapping windows and every token but
+    the first of a window is scored. With `stride` < `window` (sliding windows) each window after the first
+    scores only its last `stride` tokens, the rest being context. `max_tokens` caps the stream's length.
+    """
+    stride = window if stride is None else stride
+    if window < 2 or not 1 <= stride <= window:
+        raise ValueError(f"need window >= 2 and 1 <= stride <= window, got window={window}, stride={stride}")
+    sep = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
+    stream: list[int] = []
+    for text in texts:
+        stream += _encode(tokenizer, text) + sep
+        if max_tokens is not None and len(stream) >= max_tokens:
+            break
+    if max_tokens is not None:
+        stream = stream[:max_tokens]
+    if len(stream) < 2:
+        raise ValueError("perplexity needs at least 2 tokens of text")
+    # (start, first scored position within the window) for every window
+    spans = []
+    start = scored_until = 0
+    while True:
+        end = min(start + window, len(stream))
+        first = max(1, scored_until - start)  # window positions before `first` are context only
+        if end - start > first:
+            spans.append((start, end, first))
+        scored_until = end
+        if end == len(stream):
+            break
+        start += stride
+    device = _device(model)
+    results: list[list[float]] = []
+    for i in range(0, len(spans), batch_size):
+        group = spans[i : i + batch_size]
+        for same_len in {e - s for s, e, _ in group}:
+            chunk = [(s, e, f) for s, e, f in group if e - s == same_len]
+            ids = torch.tensor([stream[s:e] for s, e, _ in chunk], device=device)
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+            for row, (_, _, first) in enumerate(chunk):
+                results.append(logp[row, first - 1 :].double().cpu().tolist())
+    return results
+
+
+# --------------------------------------------------------------------------------------------- memory
+def memory_layers(model) -> list[dict]:
+    """One row per layer with a cache: its kind and head geometry, read from the modules themselves
+    (`num_v_heads`, `head_k_dim`, `head_v_dim` of linear-attention modules; `k_proj` / `head_dim` of attention),
+    so pruned models with per-layer head counts are measured as they are."""
+    rows = []
+    for _, module in model.named_modules():
+        if all(hasattr(module, a) for a in ("num_v_heads", "head_k_dim", "head_v_dim")):
+            conv = getattr(module, "conv1d", None)
+            conv_dim = getattr(module, "conv_dim", None)
+            if conv_dim is None and conv is not None:
+                conv_dim = conv.weight.shape[0]
+            kernel = getattr(module, "conv_kernel_size", None)
+            if kernel is None and conv is not None:
+                kernel = conv.kernel_size[0]
+            rows.append(
+                {
+                    "layer_types": "linear_attention",
+                    "num_heads": int(module.num_v_heads),
+                    "head_k_dim": int(module.head_k_dim),
+                    "head_v_dim": int(module.head_v_dim),
+                    "conv_dims": int(conv_dim or 0),
+                    "conv_kernels": int(kernel or 0),
+                }
+            )
+        elif hasattr(module, "k_proj") and hasattr(module, "v_proj") and hasattr(module, "head_dim"):
+            head_dim = int(module.head_dim)
+            kv_heads = module.k_proj.out_features // head_dim
+            rows.append(
+                {
+                    "layer_types": "full_attention",
+                    "num_heads": int(kv_heads),
+                    "head_k_dim": head_dim,
+                    "head_v_dim": head_dim,
+                    "conv_dims": 0,
+                    "conv_kernels": 0,
+                }
+            )
+    if not rows:
+        raise ValueError("found no linear-attention or attention modules in the model")
+    return rows
+
+
+def _dtype_bytes(model) -> int:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.element_size()
+    return 4
+
+
+# ---------------------------------------------------------------------------------------------- speed
+@torch.no_grad()
+def decode_runs(model, tokenizer, *, prompt_length: int = 128, new_tokens: int = 32, runs: int = 3, seed: int = 0):
+    """(num_tokens, seconds) of `runs` timed greedy cached decodes after an untimed warm-up; the prompt's
+    prefill is not timed, and every run decodes exactly `new_tokens` tokens (no stop at eos)."""
+    if prompt_length < 1 or new_tokens < 1 or runs < 1:
+        raise ValueError("speed needs prompt_length, new_tokens and runs >= 1")
+    if tokenizer is not None:
+        text = " ".join(pk.DEFAULT_FILLER[i % len(pk.DEFAULT_FILLER)] for i in range(prompt_length))
+        prompt = _encode(tokenizer, text)[:prompt_length]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        prompt = torch.randint(0, model.config.vocab_size, (prompt_length,), generator=generator).tolist()
+    device = _device(model)
+    ids = torch.tensor([prompt], device=device)
+    kwarg = _cache_kwarg(model)
+    counts, seconds = [], []
+    for run in range(runs + 1):
+        output = model(input_ids=ids, use_cache=True)
+        token = output.logits[:, -1:].argmax(-1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            output = model(input_ids=token, use_cache=True, **{kwarg: _output_cache(output)})
+            token = output.logits[:, -1:].argmax(-1)
+        int(token[0, 0])  # waits for the device
+        elapsed = time.perf_counter() - t0
+        if run > 0:  # run 0 warms up
+            counts.append(new_tokens)
+            seconds.append(max(elapsed, 1e-9))
+    return counts, seconds
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def _check(tasks, lengths, depths, num_keys, model, window, tokenizer) -> tuple[str, ...]:
+    if isinstance(tasks, str):
+        tasks = (tasks,)
+    tasks = tuple(tasks)
+    unknown = [t for t in tasks if t not in KNOWN_TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown task(s) {unknown or tasks!r}; known tasks: {', '.join(KNOWN_TASKS)}")
+    max_pos = _max_positions(model)
+    if "passkey" in tasks:
+        if not lengths or any(int(n) < 1 for n in lengths):
+            raise ValueError(f"passkey lengths must be positive, got {tuple(lengths)}")
+        if max_pos is not None and max(lengths) > max_pos:
+            raise ValueError(
+                f"passkey length grid {tuple(lengths)} goes beyond the model's max_position_embeddings ({max_pos})"
+            )
+        if not depths or any(not 0.0 <= float(d) <= 1.0 for d in depths):
+            raise ValueError(f"passkey depths must lie in [0, 1], got {tuple(depths)}")
+        if int(num_keys) < 1:
+            raise ValueError(f"num_keys must be >= 1, got {num_keys}")
+    if "perplexity" in tasks and max_pos is not None and window > max_pos:
+        raise ValueError(f"perplexity window {window} goes beyond the model's max_position_embeddings ({max_pos})")
+    if tokenizer is None and ("passkey" in tasks or "perplexity" in tasks):
+        raise ValueError("the perplexity and passkey tasks need a tokenizer")
+    return tasks
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    tasks: Sequence[str] = KNOWN_TASKS,
+    *,
+    lengths: Sequence[int] = (512, 1024),
+    depths: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    num_keys: int = 10,
+    context_length: int | None = None,
+    seed: int = 0,
+    texts: Iterable[str] | None = None,
+    window: int = 512,
+    stride: int | None = None,
+    max_tokens: int | None = 50_000,
+    batch_size: int = 1,
+    num_digits: int = 5,
+    filler: Sequence[str] = pk.DEFAULT_FILLER,
+    speed_prompt_length: int = 128,
+    speed_new_tokens: int = 32,
+    speed_runs: int = 3,
+    kv_dtype_bytes: int | None = None,
+    state_dtype_bytes: int = 4,
+) -> dict:
+    """Evaluate `model` on `tasks`; returns a flat dict keyed `"<task>.<metric>"`.
+
+    - perplexity: held-out `texts` (default: the held-out split of `hf_rankprune.evaluation.texts`) cut into
+      windows of `window` tokens (`stride` < `window`: sliding windows), at most `max_tokens` tokens.
+      Keys: perplexity, mean_nll, num_tokens.
+    - passkey: `num_keys` keys at each of `lengths` x `depths` (tokens, fraction of filler before the needle),
+      greedy cached decoding; exact match of the first digits generated. Keys: accuracy, accuracy@<length>,
+      accuracy@depth<depth>, num_examples.
+    - memory: linear-state, conv-state and KV-cache bytes for `batch_size` sequences at `context_length`
+      (default: max(lengths)), head counts read per layer from the modules. Keys: linear_state_bytes,
+      conv_state_bytes, kv_cache_bytes, total_bytes, linear_value_heads, ...
+    - speed: median decode tokens/s over `speed_runs` runs of `speed_new_tokens` greedy tokens after a
+      `speed_prompt_length`-token prompt. Keys: decode_tokens_per_s, decode_ms_per_token, num_runs.
+
+    Arguments are validated before any work: unknown tasks, a passkey length grid beyond the model's
+    max_position_embeddings, depths outside [0, 1] raise ValueError.
+    """
+    tasks = _check(tasks, lengths, depths, num_keys, model, window, tokenizer)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    results: dict = {}
+    try:
+        if "perplexity" in tasks:
+            if texts is None:
+                from .texts import heldout_texts
+
+                texts = heldout_texts()
+            log_probs = token_log_probs(model, tokenizer, texts, window=window, stride=stride, max_tokens=max_tokens)
+            _merge(results, "perplexity", load_metric("perplexity").compute(log_probs=log_probs))
+        if "passkey" in tasks:
+            samples = pk.evaluation_samples(tokenizer, lengths, depths, num_keys, seed, num_digits, filler)
+            eos = getattr(tokenizer, "eos_token_id", None)
+            predictions = []
+            for sample in samples:
+                ids = torch.tensor([_encode(tokenizer, sample.prompt)])
+                new = greedy_generate(model, ids, num_digits + 2, eos_token_id=eos)
+                predictions.append(tokenizer.decode(new, skip_special_tokens=True))
+            scores = load_metric("passkey").compute(
+                predictions=predictions,
+                references=[s.key for s in samples],
+                lengths=[s.length for s in samples],
+                depths=[s.depth for s in samples],
+            )
+            _merge(results, "passkey", scores)
+        if "memory" in tasks:
+            rows = memory_layers(model)
+            kv_bytes = kv_dtype_bytes or _dtype_bytes(model)
+            scores = load_metric("memory").compute(
+                **{k: [r[k] for r in rows] for k in rows[0]},
+                context_length=int(context_length if context_length is not None else max(lengths)),
+                batch_size=batch_size,
+                kv_dtype_bytes=kv_bytes,
+                state_dtype_bytes=state_dtype_bytes,
+            )
+            _merge(results, "memory", scores)
+        if "speed" in tasks:
+            counts, seconds = decode_runs(
+                model,
+                tokenizer,
+                prompt_length=speed_prompt_length,
+                new_tokens=speed_new_tokens,
+                runs=speed_runs,
+                seed=seed,
+            )
+            _merge(results, "speed", load_metric("speed").compute(num_tokens=counts, seconds=seconds))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _merge(results: dict, task: str, scores: dict) -> None:
+    for key, value in scores.items():
+        results[f"{task}.{key}"] = value

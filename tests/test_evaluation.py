@@ -1,0 +1,245 @@
+"""hf_rankprune.evaluation: packaged `evaluate` metrics and `evaluate_model`, on inputs whose answers are known."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from hf_rankprune.evaluation import KNOWN_TASKS, evaluate_model, load_metric
+from hf_rankprune.evaluation import passkey as pk
+from hf_rankprune.evaluation.api import greedy_generate, memory_layers, token_log_probs
+
+DEMO = Path(__file__).resolve().parents[1] / "hf_rankprune" / "assets" / "demo_model"
+
+
+class CharTokenizer:
+    """Characters -> ids 1..vocab-1 (id 0 is eos); enough of a tokenizer for the evaluation code."""
+
+    eos_token_id = 0
+
+    def __init__(self, vocab_size: int = 128):
+        self.vocab_size = vocab_size
+
+    def encode(self, text, add_special_tokens=False):
+        return [1 + ord(c) % (self.vocab_size - 1) for c in text]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i - 1) for i in ids if i != 0)
+
+
+class FixedDistributionLM(torch.nn.Module):
+    """Predicts the same next-token distribution at every position, whatever the context."""
+
+    def __init__(self, probs: torch.Tensor, max_positions: int = 64):
+        super().__init__()
+        self.register_buffer("logp", probs.log())
+        self.config = SimpleNamespace(max_position_embeddings=max_positions, vocab_size=probs.numel())
+
+    def forward(self, input_ids, use_cache=False, **kwargs):
+        b, t = input_ids.shape
+        return SimpleNamespace(logits=self.logp.expand(b, t, -1).clone())
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_metrics_load_offline_from_package_folders(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    import evaluate
+
+    for name in KNOWN_TASKS:
+        metric = load_metric(name)
+        assert isinstance(metric, evaluate.Metric)
+    with pytest.raises(ValueError, match="known"):
+        load_metric("bleu")
+
+
+def test_perplexity_metric_is_exp_mean_nll():
+    log_probs = [[-0.5, -1.5, -2.0], [-0.25], [-3.0, -0.75]]
+    flat = [x for row in log_probs for x in row]
+    mean_nll = -sum(flat) / len(flat)
+    out = load_metric("perplexity").compute(log_probs=log_probs)
+    assert out["num_tokens"] == 6
+    assert out["mean_nll"] == pytest.approx(mean_nll, rel=1e-12)
+    assert out["perplexity"] == pytest.approx(math.exp(mean_nll), rel=1e-12)
+    with pytest.raises(ValueError):
+        load_metric("perplexity").compute(log_probs=[[0.5]])
+
+
+@pytest.mark.parametrize("stride", [None, 3])
+def test_perplexity_of_model_with_known_distribution(stride):
+    vocab = 8
+    probs = torch.tensor([0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05], dtype=torch.float64)
+    model = FixedDistributionLM(probs.float())
+    tok = CharTokenizer(vocab)
+    texts = ["abcdefg", "hello world", "xyz"]
+    stream = [t for text in texts for t in [*tok.encode(text), tok.eos_token_id]]
+    window = 5
+    if stride is None:  # fixed windows: every token but the first of each window is scored
+        scored = [t for i, t in enumerate(stream) if i % window != 0]
+    else:  # sliding windows: every token but the very first is scored exactly once
+        scored = stream[1:]
+    expected = math.exp(-sum(math.log(float(probs.float()[t])) for t in scored) / len(scored))
+
+    log_probs = token_log_probs(model, tok, texts, window=window, stride=stride)
+    assert sum(len(r) for r in log_probs) == len(scored)
+    out = evaluate_model(model, tok, tasks=("perplexity",), texts=texts, window=window, stride=stride, max_tokens=None)
+    assert out["perplexity.num_tokens"] == len(scored)
+    assert out["perplexity.perplexity"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_passkey_metric_known_predictions():
+    metric = load_metric("passkey")
+    out = metric.compute(
+        predictions=[" 12345.", "12345", " 1234", "the key", " 98765 and 1"],
+        references=["12345", "12346", "12345", "55555", "98765"],
+        lengths=[512, 512, 1024, 1024, 1024],
+        depths=[0.1, 0.5, 0.1, 0.5, 0.9],
+    )
+    assert out["accuracy"] == pytest.approx(2 / 5)
+    assert out["num_examples"] == 5
+    assert out["accuracy@512"] == pytest.approx(1 / 2)
+    assert out["accuracy@1024"] == pytest.approx(1 / 3)
+    assert out["accuracy@depth0.1"] == pytest.approx(1 / 2)
+    assert out["accuracy@depth0.5"] == 0.0
+    assert out["accuracy@depth0.9"] == 1.0
+    assert pk.extract_key(" 0042 x") == "0042" and pk.extract_key("none") == ""
+
+
+def test_speed_metric_median():
+    out = load_metric("speed").compute(num_tokens=[10, 10, 10], seconds=[1.0, 0.5, 2.0])
+    assert out["decode_tokens_per_s"] == pytest.approx(10.0)
+    assert out["decode_ms_per_token"] == pytest.approx(100.0)
+    with pytest.raises(ValueError):
+        load_metric("speed").compute(num_tokens=[10], seconds=[0.0])
+
+
+# ------------------------------------------------------------------------------------ passkey documents
+def test_passkey_documents_fit_and_hide_the_key_at_depth():
+    tok = CharTokenizer()
+    for depth in (0.0, 0.5, 1.0):
+        s = pk.make_passkey_sample(tok, 600, depth, "48213")
+        n = len(tok.encode(s.prompt)) + len(tok.encode(s.answer))
+        assert 600 - 25 <= n <= 600  # as close as one filler sentence allows
+        assert s.prompt.startswith(pk.INTRO) and s.prompt.endswith(pk.QUESTION) and s.answer == " 48213"
+        before, after = s.prompt[len(pk.INTRO) : -len(pk.QUESTION)].split(pk.needle("48213"))
+        assert abs(len(before) / (len(before) + len(after)) - depth) < 0.05
+    with pytest.raises(ValueError):
+        pk.make_passkey_sample(tok, 50, 0.5, "48213")
+    natural = pk.make_passkey_sample(tok, 400, 0.3, "777", ["One sentence.", "Another one."], rng=random.Random(0))
+    assert "777" in natural.prompt
+    a = pk.evaluation_samples(tok, (300,), (0.2, 0.8), num_keys=3, seed=0)
+    b = pk.evaluation_samples(tok, (300,), (0.2, 0.8), num_keys=3, seed=0)
+    c = pk.evaluation_samples(tok, (300,), (0.2, 0.8), num_keys=3, seed=1)
+    assert len(a) == 6 and a == b and [s.key for s in a] != [s.key for s in c]
+    assert all(len(s.key) == 5 for s in a)
+
+
+# ------------------------------------------------------------------------------------------- memory
+def test_memory_of_tiny_config_by_hand():
+    model = build_tiny_model("qwen3_5")  # 3 linear layers (8 v-heads, d 16), 1 attention layer (2 KV heads, d 16)
+    T = 1000
+    out = evaluate_model(model, None, tasks=("memory",), context_length=T, batch_size=2)
+    linear = 3 * 8 * 16 * 16 * 4
+    conv = 3 * (2 * 2 * 16 + 8 * 16) * (4 - 1) * 4  # conv channels [q|k|v], kernel 4, fp32
+    kv = 2 * 2 * 16 * T * 4  # keys + values, fp32 model
+    assert out["memory.linear_state_bytes"] == 2 * linear
+    assert out["memory.conv_state_bytes"] == 2 * conv
+    assert out["memory.kv_cache_bytes"] == 2 * kv
+    assert out["memory.total_bytes"] == 2 * (linear + conv + kv)
+    assert out["memory.num_linear_layers"] == 3 and out["memory.num_full_attention_layers"] == 1
+    assert out["memory.linear_value_heads"] == 24 and out["memory.context_length"] == T
+    bf16 = evaluate_model(model, None, tasks=("memory",), context_length=T, kv_dtype_bytes=2)
+    assert bf16["memory.kv_cache_bytes"] == kv // 2 and bf16["memory.linear_state_bytes"] == linear
+
+
+def test_memory_reads_per_layer_head_counts_of_pruned_modules():
+    model = build_tiny_model("qwen3_5")
+    layers = model.model.layers
+    # what a ragged pruning leaves behind: per-layer head counts on the modules, config untouched
+    layers[0].linear_attn.num_v_heads = 5
+    layers[1].linear_attn.num_v_heads = 2
+    layers[1].linear_attn.num_k_heads = 1
+    layers[2].self_attn.k_proj = torch.nn.Linear(64, 1 * 16, bias=False)  # one KV head left
+    rows = memory_layers(model)
+    assert [r["num_heads"] for r in rows] == [5, 2, 1, 8]
+    out = evaluate_model(model, None, tasks=("memory",), context_length=100)
+    assert out["memory.linear_state_bytes"] == (5 + 2 + 8) * 16 * 16 * 4
+    assert out["memory.kv_cache_bytes"] == 2 * 1 * 16 * 100 * 4
+    assert out["memory.linear_value_heads"] == 15
+
+
+# ------------------------------------------------------------------------------------- decode, speed
+def test_greedy_cached_decoding_matches_uncached_argmax():
+    model = build_tiny_model("qwen3_5")
+    ids = torch.randint(1, 128, (1, 20), generator=torch.Generator().manual_seed(0))
+    new = greedy_generate(model, ids, 4)
+    seq = ids
+    expected = []
+    with torch.no_grad():
+        for _ in range(4):
+            token = int(model(input_ids=seq, use_cache=False).logits[0, -1].argmax())
+            expected.append(token)
+            seq = torch.cat([seq, torch.tensor([[token]])], dim=1)
+    assert new == expected
+
+
+def test_speed_and_passkey_run_on_tiny_model():
+    model = build_tiny_model("qwen3_5")
+    tok = CharTokenizer()
+    out = evaluate_model(
+        model,
+        tok,
+        tasks=("speed", "passkey"),
+        lengths=(300,),
+        depths=(0.5,),
+        num_keys=2,
+        speed_prompt_length=8,
+        speed_new_tokens=2,
+        speed_runs=1,
+    )
+    assert out["speed.decode_tokens_per_s"] > 0 and out["speed.num_runs"] == 1
+    assert 0.0 <= out["passkey.accuracy"] <= 1.0 and out["passkey.num_examples"] == 2
+    assert "passkey.accuracy@300" in out and model.training is False
+
+
+# -------------------------------------------------------------------------------------------- errors
+class ExplodingModel(FixedDistributionLM):
+    def forward(self, *args, **kwargs):  # validation must come before any work
+        raise AssertionError("the model was called")
+
+
+def test_errors_are_raised_before_any_work():
+    model = ExplodingModel(torch.full((8,), 1 / 8), max_positions=1024)
+    tok = CharTokenizer(8)
+    with pytest.raises(ValueError, match="perplexity, passkey, memory, speed"):
+        evaluate_model(model, tok, tasks=("perplexity", "rouge"))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        evaluate_model(model, tok, tasks=("passkey",), lengths=(512, 2048))
+    with pytest.raises(ValueError, match="depths"):
+        evaluate_model(model, tok, tasks=("passkey",), lengths=(512,), depths=(0.5, 1.5))
+    with pytest.raises(ValueError, match="num_keys"):
+        evaluate_model(model, tok, tasks=("passkey",), lengths=(512,), num_keys=0)
+    with pytest.raises(ValueError, match="window"):
+        evaluate_model(model, tok, tasks=("perplexity",), window=4096, texts=["abc"])
+    with pytest.raises(ValueError, match="tokenizer"):
+        evaluate_model(model, None, tasks=("passkey",), lengths=(512,))
+
+
+# ---------------------------------------------------------------------------------------- demo model
+@pytest.mark.skipif(
+    not (DEMO / "model.safetensors").exists(), reason="demo model not trained (scripts/train_demo_model.py)"
+)
+def test_demo_model_retrieves_passkeys_at_512():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(DEMO, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(DEMO)
+    assert model.config.model_type == "qwen3_5_text"
+    out = evaluate_model(model, tok, tasks=("passkey",), lengths=(512,), depths=(0.1, 0.5, 0.9), num_keys=4, seed=3)
+    assert out["passkey.accuracy@512"] >= 0.9
