@@ -102,25 +102,39 @@ def _random_summary(rows: dict[str, dict]) -> tuple[dict[str, float], dict[str, 
 
 
 def verdict(result: dict[str, Any]) -> str:
-    """Which group the model can spare: the removal that keeps passkey accuracy higher (perplexity breaks ties)."""
-    rows = result["rows"]
-    high, low = rows["high-rank heads removed"], rows["low-rank heads removed"]
+    """Which group the model can spare, judged on passkey accuracy (perplexity breaks ties), against the random
+    control; and how JRNP itself fares."""
+    rows, k = result["rows"], result["num_heads"]
+    high, low, jrnp = rows["high-rank heads removed"], rows["low-rank heads removed"], rows["JRNP"]
+    random_acc, random_std = result["random_mean"]["passkey.accuracy"], result["random_std"]["passkey.accuracy"]
 
     def cost(row):
         return (-row["passkey.accuracy"], row["perplexity.perplexity"])
 
-    spare, keep = ("high", "low") if cost(high) <= cost(low) else ("low", "high")
+    def described(row):
+        return f"{row['passkey.accuracy']:.1%} passkey accuracy (perplexity {row['perplexity.perplexity']:.2f})"
+
+    spare, other = ("high", low) if cost(high) <= cost(low) else ("low", high)
     spared = high if spare == "high" else low
-    random_acc = result["random_mean"]["passkey.accuracy"]
-    relation = "better than" if spared["passkey.accuracy"] > random_acc else "no better than"
-    return (
-        f"This model can spare its {spare}-rank heads: removing {result['num_heads']} {spare}-rank heads keeps passkey "
-        f"accuracy at {spared['passkey.accuracy']:.1%} (perplexity {spared['perplexity.perplexity']:.2f}), against "
-        f"{(low if spare == 'high' else high)['passkey.accuracy']:.1%} when the {keep}-rank heads go; random removal "
-        f"averages {random_acc:.1%}, so the rank-guided choice is {relation} random. "
-        + ("The paper's direction (remove high-rank heads) holds here." if spare == "high" else
-           "This is the opposite of the paper's direction: use direction='low_rank' for this model.")
-    )  # fmt: skip
+    margin = max(random_std, 1e-9)
+    if spared["passkey.accuracy"] > random_acc + margin:
+        group = (
+            f"This model can spare its {spare}-rank heads: without its {k} {spare}-rank heads it keeps "
+            f"{described(spared)}, against {described(other)} when the other group goes and "
+            f"{random_acc:.1%} ± {random_std:.1%} for random heads. "
+            + ("The paper's direction (remove high-rank heads) holds here."
+               if spare == "high" else "This is the opposite of the paper's direction: prefer direction='low_rank'.")
+        )  # fmt: skip
+    else:
+        group = (
+            f"Neither rank group alone can go at {k} heads: removing the high-rank heads gives {described(high)}, "
+            f"the low-rank heads {described(low)}, random heads {random_acc:.1%} ± {random_std:.1%}."
+        )
+    joint = (
+        f" JRNP (rank and norm jointly) keeps {described(jrnp)}"
+        + (", better than random." if jrnp["passkey.accuracy"] > random_acc + margin else ", no better than random.")
+    )
+    return group + joint
 
 
 def render_probe_markdown(result: dict[str, Any]) -> str:

@@ -31,10 +31,14 @@ def synthetic_result(high_acc, low_acc, random_accs):
 def test_verdict_names_the_group_the_model_can_spare():
     paper_like = synthetic_result(0.9, 0.45, [0.6, 0.7, 0.5])
     text = verdict(paper_like)
-    assert "can spare its high-rank heads" in text and "better than random" in text and "holds here" in text
+    assert "can spare its high-rank heads" in text and "holds here" in text
+    assert "JRNP (rank and norm jointly) keeps 90.0% passkey accuracy (perplexity 12.50), better than random" in text
     reversed_model = synthetic_result(0.2, 0.8, [0.6, 0.7, 0.5])
     text = verdict(reversed_model)
     assert "can spare its low-rank heads" in text and "direction='low_rank'" in text
+    assert "JRNP (rank and norm jointly) keeps 20.0% passkey accuracy (perplexity 12.50), no better than random" in text
+    neither = verdict(synthetic_result(0.0, 0.0, [0.1, 0.0, 0.05]))
+    assert neither.startswith("Neither rank group alone can go at 9 heads")
     paper_like["verdict"] = verdict(paper_like)
     table = render_probe_markdown(paper_like)
     assert "| high-rank heads removed | 90.0% | 12.00 |" in table
