@@ -195,7 +195,7 @@ def plot_figures(stats: RankStats, analysis: dict[str, Any], folder: str | os.Pa
         axis.tick_params(labelsize=7)
     for extra in range(count, rows * columns):
         axes[extra // columns][extra % columns].axis("off")
-    figure.supxlabel("tokens seen")
+    figure.supxlabel("tokens seen", y=0.09 if rows == 1 else 0.05)
     figure.supylabel(f"effective rank (eps={stats.settings.get('rank_eps')})")
     figure.legend(
         handles=[
@@ -204,12 +204,13 @@ def plot_figures(stats: RankStats, analysis: dict[str, Any], folder: str | os.Pa
             plt.Line2D([], [], color="k", linestyle="--", label="bound min(t, d)"),
         ],
         loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
         ncol=3,
         fontsize=8,
         frameon=False,
     )
     figure.suptitle("State rank trajectories per head")
-    figure.tight_layout(rect=(0.02, 0.07, 1, 1))
+    figure.tight_layout(rect=(0.02, 0.14 if rows == 1 else 0.08, 1, 1))
     figure.savefig(folder / "rank_trajectories.png", dpi=120)
     plt.close(figure)
     files.append("rank_trajectories.png")
