@@ -152,6 +152,12 @@ def _prune(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite)
     stats = RankStats.from_json_file(args.stats) if args.stats else None
     model_path = resolve_model_path(args.model)
+    evaluation = _recipe_evaluation(recipe, model_path)
+    push = dict(recipe.push_to_hub) if recipe is not None and recipe.push_to_hub else None
+    if push is not None:
+        from .hub import _check_repo_id
+
+        _check_repo_id(push["repo_id"])
     pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype)
     pruner.model_name = str(args.model or DEMO_MODEL_NAME)
     if recipe is not None:  # the model card shows the recipe, with the flags that overrode it applied
@@ -163,6 +169,14 @@ def _prune(args: argparse.Namespace) -> int:
     else:
         pruner.calibrate(progress=not args.quiet)
     plan = pruner.plan()
+    if evaluation is not None:
+        from .evaluation import evaluate_model
+
+        tasks = evaluation.pop("tasks")
+        original = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
+        pruner.prune()
+        pruned = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
+        pruner.evaluation_results = {"original": original, "pruned": pruned}
     pruner.save_pretrained(args.out, overwrite=args.overwrite)
     memory = plan.memory(context_length=config.seq_len)
     print(
@@ -170,7 +184,34 @@ def _prune(args: argparse.Namespace) -> int:
         f"({'uniform' if plan.is_uniform else 'ragged'} plan); linear state {memory.state_bytes_before} -> "
         f"{memory.state_bytes_after} bytes per sequence ({memory.state_reduction:.1%} less). Saved to {args.out}"
     )
+    if evaluation is not None:
+        for key in sorted(original):
+            print(f"{key}: {original[key]} -> {pruned[key]}")
+    if push is not None:
+        from .hub import push_folder
+
+        commit = push_folder(args.out, **push)
+        print(f"Pushed to {commit.repo_url}: commit {commit.oid}")
     return 0
+
+
+def _recipe_evaluation(recipe, model_path: str) -> dict | None:
+    """The recipe's evaluation settings, with passkey lengths checked against the model's context up front."""
+    if recipe is None or not recipe.evaluation:
+        return None
+    from .evaluation import KNOWN_TASKS
+    from .loading import load_config
+
+    evaluation = dict(recipe.evaluation)
+    evaluation.setdefault("tasks", list(KNOWN_TASKS))
+    lengths = evaluation.get("lengths", (512, 1024))
+    limit = getattr(load_config(model_path).get_text_config(), "max_position_embeddings", None)
+    if "passkey" in evaluation["tasks"] and limit is not None and max(lengths) > limit:
+        raise UsageError(
+            f"The recipe's evaluation lengths {list(lengths)} go beyond the model's context "
+            f"(max_position_embeddings={limit})."
+        )
+    return evaluation
 
 
 def _int_list(text: str, flag: str) -> list[int]:

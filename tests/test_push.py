@@ -276,3 +276,28 @@ def test_missing_token_or_folder(hub_env, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["push", str(tmp_path / "empty"), "me/tiny-token"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_cli_prune_recipe_evaluates_and_pushes(hub_env, tiny_model_dir, tmp_path, capsys):
+    """A recipe drives the whole run: calibration, budget, evaluation before/after (in the card) and the push."""
+    hub, repo = hub_env, "me/tiny-from-recipe"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model: {tiny_model_dir}\n"
+        "architecture: [qwen3_5_text]\n"
+        "calibration: {num_samples: 2, seq_len: 128}\n"
+        "pruning_stage:\n  pruning_modifiers:\n    RankPruningModifier: {ratio: 0.25}\n"
+        "evaluation: {tasks: [memory, passkey], lengths: [400], depths: [0.5], num_keys: 1}\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+        f"push_to_hub: {{repo_id: {repo}}}\n"
+    )
+    code = main(["prune", "--recipe", str(recipe), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "memory.linear_state_bytes: 24576 -> 18432" in out and "Pushed to" in out
+    card = hub.files(repo)["README.md"].decode()
+    assert "| metric | original | pruned | change |" in card and "linear_state_bytes" in card
+    assert hub.files(repo)["prune_plan.json"] == (tmp_path / "out" / "prune_plan.json").read_bytes()
+    bad = recipe.read_text().replace(repo, "not a repo id")
+    recipe.write_text(bad.replace(str(tmp_path / "out"), str(tmp_path / "out2")))
+    assert main(["prune", "--recipe", str(recipe), "--quiet"]) == 2
+    assert "push_to_hub.repo_id" in capsys.readouterr().err and not (tmp_path / "out2").exists()
