@@ -27,8 +27,16 @@ EVAL_KEYS = ("passkey.accuracy", "passkey.accuracy@512", "passkey.accuracy@1024"
              "memory.linear_state_bytes", "memory.kv_cache_bytes", "speed.decode_tokens_per_s")  # fmt: skip
 
 
+def _value(key: str, value: float) -> str:
+    if "accuracy" in key:
+        return f"{value:.1%}"
+    if key.endswith("_bytes"):
+        return f"{int(value):,}"
+    return f"{value:.2f}"
+
+
 def summary_markdown(results: dict, probe: dict, plan, seconds: float) -> str:
-    rows = [f"| {key} | {results['original'].get(key, 'n/a'):.4g} | {results['pruned'].get(key, 'n/a'):.4g} |"
+    rows = [f"| {key} | {_value(key, results['original'][key])} | {_value(key, results['pruned'][key])} |"
             for key in EVAL_KEYS if key in results["original"]]  # fmt: skip
     memory = plan.memory(context_length=1024)
     return "\n".join([
@@ -65,6 +73,7 @@ def main() -> int:
     start = time.perf_counter()
     recipe = hf_rankprune.load_recipe(args.recipe)
     pruner = hf_rankprune.RankPruner.from_recipe(recipe)
+    pruner.model_name = "hf-rankprune demo model"
     evaluation = dict(recipe.evaluation or {})
     tasks = evaluation.pop("tasks", ("perplexity", "passkey", "memory", "speed"))
 
