@@ -111,7 +111,12 @@ def build_model_card(
     memory = plan.memory(context_length=context_length)
     settings = dict(plan.settings or {})
     percent = f"{100 * plan.removed_fraction:.1f}%"
-    name = (repo_id or "").split("/")[-1] or (base_model or "").split("/")[-1] or family
+    name = (
+        (repo_id or "").split("/")[-1]
+        or (base_model or "").split("/")[-1]
+        or Path(base_model_name or "").name
+        or family
+    )
     title = f"{name}" if repo_id else f"{name}, {percent} of linear-attention heads pruned"
     license_fields = _license_fields(license)
     eval_results = _eval_results(evaluation.get("pruned") or {})
