@@ -33,7 +33,8 @@ arguments), plus top-level keys for what a run needs besides the modifier:
     output_dir: out/qwen3-next-80b-rp39                     # optional
     push_to_hub: {repo_id: me/Qwen3-Next-80B-A3B-Instruct-rp39, private: true}   # optional
 
-Files are read with `yaml.safe_load` only. Every problem raises `RecipeError` (a ValueError) whose message names the
+Files are read with a `yaml.SafeLoader` that also reads exponents without a decimal point (`1e-4`) as numbers, as
+YAML 1.2 does (PyYAML's YAML 1.1 rules read them as strings). Every problem raises `RecipeError` (a ValueError) whose message names the
 file and the key path, e.g. ``recipes/x.yaml: pruning_stage.pruning_modifiers.RankPruningModifier.ratio=1.5 is not
 allowed: it must lie in (0.0, 1.0).``
 """
@@ -70,6 +71,15 @@ EVALUATION_FIELDS = ("tasks", "lengths", "depths", "num_keys", "context_length",
 PUSH_FIELDS = ("repo_id", "private")
 EVALUATION_TASKS = ("perplexity", "passkey", "memory", "speed")  # hf_rankprune.evaluation.api.KNOWN_TASKS
 _STRING_SOURCE = "<recipe>"
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that resolves `1e-4` to a float (YAML 1.2), so `rank_eps: 1e-4` means what its writer meant."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+.0123456789")
+)
 
 
 class RecipeError(ValueError):
@@ -152,7 +162,7 @@ def load_recipe(recipe: Recipe | dict | str | os.PathLike) -> Recipe:
     if isinstance(recipe, (str, os.PathLike)):
         text, source = _read(recipe)
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as error:
             detail = " ".join(str(error).split())
             raise RecipeError(f"{source}: not valid YAML: {detail}") from error
@@ -273,12 +283,7 @@ def _config(values: dict, source: str, modifier_path: str) -> RankPruneConfig:
     try:
         return RankPruneConfig.from_dict(values)
     except ConfigError as error:
-        message = _located(str(error), source, modifier_path)
-        match = re.match(r"(\w+)=", str(error))
-        value = values.get(match.group(1)) if match else None
-        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
-            message += f" (YAML reads {value} as a string: write it with a decimal point, e.g. 1.0e-4)"
-        raise RecipeError(message) from error
+        raise RecipeError(_located(str(error), source, modifier_path)) from error
 
 
 def _located(message: str, source: str, modifier_path: str) -> str:
