@@ -4,9 +4,9 @@
     python examples/train_with_recipe.py --tiny --max-steps 6 --prune-at 3 --summary out.json
 
 The callback calibrates the model on a few training windows (eval mode, no grad) after optimizer step N, removes
-the heads the recipe chooses, points the Trainer's optimizer at the new (smaller) parameters, and training goes on:
-the remaining steps are recovery fine-tuning of the pruned model. Prints the loss before/after pruning and the head
-counts; `--summary` writes them as JSON.
+the heads the recipe chooses, points the Trainer's optimizer at the new (smaller) parameters (the kept heads keep
+their Adam moments), and training goes on: the remaining steps are recovery fine-tuning of the pruned model. Prints
+the loss before/after pruning and the head counts; `--summary` writes them as JSON.
 """
 
 from __future__ import annotations

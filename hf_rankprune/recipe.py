@@ -48,12 +48,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
 from .config import ConfigError, RankPruneConfig
+
+if TYPE_CHECKING:
+    from .plan import PrunePlan
 
 logger = logging.getLogger(__name__)
 
@@ -433,33 +436,57 @@ def _samples(data: Any):
 
 
 def apply_recipe(model: torch.nn.Module, recipe: Recipe | RankPruneConfig | dict | str | os.PathLike,
-                 tokenizer: Any = None, data: Any = None):  # fmt: skip
+                 tokenizer: Any = None, data: Any = None, optimizer: Any = None) -> PrunePlan:  # fmt: skip
     """Calibrate `model` (eval mode, no grad), plan and prune it in place under `recipe`; returns the plan relative
     to the original model. `data`: calibration samples, a [N, T] tensor of token ids, or any spec
-    `load_calibration_samples` takes (default: the recipe's calibration data, tokenised with `tokenizer`)."""
+    `load_calibration_samples` takes (default: the recipe's calibration data, tokenised with `tokenizer`).
+    `optimizer` (over `model`'s parameters) follows the pruning: see `retarget_optimizer`."""
     from .pruner import RankPruner
+    from .surgery import apply_plan
 
     recipe = Recipe(config=recipe) if isinstance(recipe, RankPruneConfig) else load_recipe(recipe)
     check_architecture(recipe, model)
     pruner = RankPruner(model, tokenizer, recipe.config)
+    names_before = {id(p): n for n, p in model.named_parameters()}
+    state = parameter_shaped_state(optimizer, model) if optimizer is not None else {}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             pruner.calibrate(_samples(data), progress=False)
-            pruner.plan()
-        pruner.prune()
+            plan = apply_plan(model, pruner.plan(), carry=list(state.values()))
     finally:
         model.train(was_training)
-    return pruner.pruning_plan
+    if optimizer is not None:
+        retarget_optimizer(optimizer, model, names_before, state)
+    return plan
 
 
-def retarget_optimizer(optimizer: Any, model: torch.nn.Module, names_before: dict[int, str]) -> int:
+def parameter_shaped_state(optimizer: Any, model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """{state key: {parameter name: tensor}} for the optimizer state shaped like its parameter (Adam's `exp_avg`,
+    `exp_avg_sq`, ...): what `apply_plan(carry=...)` slices along with the weights."""
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for name, param in model.named_parameters():
+        for key, value in optimizer.state.get(param, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape == param.shape:
+                state.setdefault(key, {})[name] = value
+    return state
+
+
+def retarget_optimizer(optimizer: Any, model: torch.nn.Module, names_before: dict[int, str],
+                       carried: dict[str, dict[str, torch.Tensor]] | None = None) -> int:  # fmt: skip
     """After pruning replaced parameters, point `optimizer`'s param groups at the model's new parameters (same
-    names, new tensors) in place, so the Trainer's optimizer and LR scheduler keep working. The optimizer state
-    (e.g. Adam moments) of replaced parameters is dropped: they restart from zero. Returns how many were replaced."""
+    names, new tensors) in place, so the Trainer's optimizer and LR scheduler keep working. Returns how many
+    parameters were replaced.
+
+    `carried`: `parameter_shaped_state` taken before pruning and sliced by `apply_plan(carry=...)`. A replaced
+    parameter then keeps the state of its kept heads (moments and step count) instead of restarting from zero, so
+    training goes on where it was rather than with a fresh warm-up of the optimizer statistics.
+    """
+    carried = carried or {}
     now = dict(model.named_parameters())
     placed: set[int] = set()
+    scalars: dict[str, dict[str, Any]] = {}  # the replaced parameters' other state (e.g. `step`) by name
     replaced = 0
     for group in optimizer.param_groups:
         params = []
@@ -467,7 +494,9 @@ def retarget_optimizer(optimizer: Any, model: torch.nn.Module, names_before: dic
             name = names_before.get(id(param))
             new = param if name is None else now.get(name)
             if new is not param:
-                optimizer.state.pop(param, None)
+                old_state = optimizer.state.pop(param, {})
+                rest = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in old_state.items() if k not in carried}
+                scalars[name] = rest
                 replaced += 1
             if new is not None and id(new) not in placed:
                 params.append(new)
@@ -477,6 +506,15 @@ def retarget_optimizer(optimizer: Any, model: torch.nn.Module, names_before: dic
     missing = [p for n, p in now.items() if p.requires_grad and id(p) not in placed and n not in known]
     if missing and optimizer.param_groups:
         optimizer.param_groups[0]["params"].extend(missing)
+    before = set(names_before)
+    for name, param in now.items():
+        if id(param) in before or param in optimizer.state or not carried:
+            continue
+        values = {key: tensors.get(name) for key, tensors in carried.items()}
+        if all(value is not None and value.shape == param.shape for value in values.values()):
+            # a renamed parameter (e.g. in_proj_qkvz -> in_proj_qkv) takes the step count of its own layer's
+            nearest = max(scalars, key=lambda old: len(os.path.commonprefix([old, name])), default=None)
+            optimizer.state[param] = {**scalars.get(nearest, {}), **values}
     return replaced
 
 
@@ -489,7 +527,8 @@ except ImportError:  # pragma: no cover
 class RankPruneCallback(TrainerCallback):
     """Prune during training with `transformers.Trainer`: after optimizer step `start_step` (0: before the first
     step) the model is calibrated (eval mode, no grad), pruned in place, and the Trainer's optimizer is pointed at
-    the new parameters; training then continues on the pruned model (recovery fine-tuning).
+    the new parameters, keeping the state (Adam moments, step) of the kept heads; training then continues on the
+    pruned model (recovery fine-tuning).
 
     Args:
         recipe_or_config: a Recipe (or its file / YAML / mapping) or a RankPruneConfig.
@@ -533,12 +572,10 @@ class RankPruneCallback(TrainerCallback):
         model = kwargs["model"]
         optimizer = kwargs.get("optimizer")
         tokenizer = self.tokenizer if self.tokenizer is not None else kwargs.get("processing_class")
-        names_before = {id(p): n for n, p in model.named_parameters()}
-        self.plan = apply_recipe(model, self.recipe, tokenizer=tokenizer, data=self.data)
-        replaced = retarget_optimizer(optimizer, model, names_before) if optimizer is not None else 0
+        self.plan = apply_recipe(model, self.recipe, tokenizer=tokenizer, data=self.data, optimizer=optimizer)
         self.pruned_at_step = state.global_step
         logger.info(
-            "RankPruneCallback: removed %s of %s value heads after step %s; %s parameters replaced in the optimizer.",
+            "RankPruneCallback: removed %s of %s value heads after step %s; the optimizer follows the kept heads.",
             self.plan.settings.get("removed_value_heads"), self.plan.settings.get("total_value_heads"),
-            state.global_step, replaced,
+            state.global_step,
         )  # fmt: skip

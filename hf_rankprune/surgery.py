@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .arch.base import get_adapter
@@ -23,10 +24,12 @@ from .utils import atomic_output_dir, check_output_dir
 PLAN_FILE = "prune_plan.json"
 
 
-def apply_plan(model: nn.Module, plan: PrunePlan) -> PrunePlan:
+def apply_plan(model: nn.Module, plan: PrunePlan, carry: Sequence[dict[str, torch.Tensor]] = ()) -> PrunePlan:
     """Physically remove the heads `plan` drops from `model` (in place). `plan` indexes the heads of `model` as it is
-    now; the returned plan, also stored in `model.config.rankprune_plan`, is relative to the original model."""
-    return get_adapter(model).apply_plan(plan)
+    now; the returned plan, also stored in `model.config.rankprune_plan`, is relative to the original model.
+    `carry`: {parameter name: tensor of its shape} mappings (e.g. optimizer moments), sliced in place like the
+    weights."""
+    return get_adapter(model).apply_plan(plan, carry)
 
 
 def model_plan(model_or_config) -> PrunePlan | None:

@@ -346,28 +346,58 @@ def test_cli_refuses_a_recipe_for_another_architecture(tmp_path, capsys):
     assert code == 2 and err.count("error: ") == 1 and "another architecture" in err and not out.exists()
 
 
-def test_apply_recipe_prunes_in_place_and_the_optimizer_follows():
+@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_5"])
+@pytest.mark.parametrize("budget", ["global", "uniform"])
+def test_apply_recipe_prunes_in_place_and_the_optimizer_follows(family, budget):
+    model = build_tiny_model(family).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 300, (2, 64))
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    # mark every first moment with its own weight: after pruning, a kept head's moment must sit where its weight went
+    for param in model.parameters():
+        optimizer.state[param]["exp_avg"] = param.detach().clone()
+    before = {id(p) for p in model.parameters()}
+    recipe = {"calibration": {"num_samples": 2, "seq_len": 64},
+              "s_stage": {"s_modifiers": {"RankPruningModifier": {"num_heads": 8, "budget": budget}}}}  # fmt: skip
+    plan = apply_recipe(model, recipe, data=ids, optimizer=optimizer)
+    removed = plan.settings["removed_value_heads"]
+    assert isinstance(plan, PrunePlan) and (removed == 8 if budget == "global" else 0 < removed <= 8)
+    assert model.training  # training mode restored
+    heads = sum(m.num_v_heads for m in model.modules() if hasattr(m, "num_v_heads"))
+    assert heads == sum(la.num_value_heads for la in plan.layers) - removed
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in held} == {id(p) for p in model.parameters()}
+    assert all(any(p is q for q in held) for p in optimizer.state)  # no state of removed tensors is left
+    replaced = [(n, p) for n, p in model.named_parameters() if id(p) not in before]
+    assert replaced
+    for name, param in replaced:
+        state = optimizer.state[param]
+        assert torch.equal(state["exp_avg"], param.detach()), name  # sliced exactly like the weight
+        assert state["exp_avg_sq"].shape == param.shape and bool((state["exp_avg_sq"] >= 0).all())
+        assert float(state["step"]) == 2.0  # the step count goes on
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()  # shapes agree: the step runs on the pruned parameters
+    with pytest.raises(RecipeError, match="another architecture"):
+        apply_recipe(build_tiny_model("qwen3_5" if family == "qwen3_next" else "qwen3_next"),
+                     recipe_text(top=f"architecture: {family}\n"), data=ids)  # fmt: skip
+
+
+def test_retarget_without_carried_state_restarts_replaced_parameters():
     model = build_tiny_model("qwen3_next").train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.randint(0, 300, (2, 64))
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
-    optimizer.zero_grad()
     names = {id(p): n for n, p in model.named_parameters()}
-    plan = apply_recipe(model, {"calibration": {"num_samples": 2, "seq_len": 64},
-                                "s_stage": {"s_modifiers": {"RankPruningModifier": {"num_heads": 8}}}}, data=ids)  # fmt: skip
-    assert isinstance(plan, PrunePlan) and plan.settings["removed_value_heads"] == 8
-    assert model.training  # training mode restored
-    assert sum(m.num_v_heads for m in model.modules() if hasattr(m, "num_v_heads")) == 24 - 8
-    replaced = retarget_optimizer(optimizer, model, names)
-    assert replaced > 0
-    held = [p for group in optimizer.param_groups for p in group["params"]]
-    assert {id(p) for p in held} == {id(p) for p in model.parameters()}
-    assert all(any(p is q for q in held) for p in optimizer.state)  # no state of removed tensors is left
+    apply_recipe(model, recipe_text("num_heads: 8"), data=ids)
+    assert retarget_optimizer(optimizer, model, names) > 0
+    fresh = [p for p in model.parameters() if id(p) not in names]
+    assert fresh and not any(p in optimizer.state for p in fresh)
     model(input_ids=ids, labels=ids).loss.backward()
-    optimizer.step()  # shapes agree: the step runs on the pruned parameters
-    with pytest.raises(RecipeError, match="another architecture"):
-        apply_recipe(build_tiny_model("qwen3_5"), recipe_text(top="architecture: qwen3_next\n"), data=ids)
+    optimizer.step()
 
 
 def test_callback_needs_a_start_step():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, ClassVar
@@ -173,10 +173,29 @@ class LinearAttentionAdapter:
     def layer_weights(self, layer_index: int) -> dict[str, torch.Tensor]:
         """Canonical weights of linear layer `layer_index` (offloaded weights are read from accelerate's maps)."""
         module = self._layer_module(layer_index)
-        tensors = _materialised_tensors(module)
+        return self._canonical(module, _materialised_tensors(module))
+
+    def _canonical(self, module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(module, _pruned_layer_class()):
             return contiguous_to_canonical(module, tensors)
         return self._stock_weights(module, tensors)
+
+    def _rebuilt_state(self, module: nn.Module, tensors: dict[str, torch.Tensor], layer_plan, target_pruned: bool):
+        """(canonical weights of the kept heads, state dict of the rebuilt layer) from `module`'s tensors by name."""
+        weights = select_heads(self._canonical(module, tensors), layer_plan)
+        return weights, canonical_to_contiguous(weights) if target_pruned else self._stock_state(weights)
+
+    def _carry_layer(self, old: nn.Module, new: nn.Module, prefix: str, layer_plan, target_pruned: bool,
+                     tensors: dict[str, torch.Tensor]) -> None:  # fmt: skip
+        """Slice `tensors`' entries for `old`'s parameters like its weights, re-keyed to `new`'s parameters."""
+        names = [name for name, _ in old.named_parameters()]
+        carried = {name: tensors.pop(f"{prefix}.{name}", None) for name in names}
+        if any(value is None for value in carried.values()):
+            return
+        buffers = {name: buffer for name, buffer in old.named_buffers() if buffer is not None}
+        _, state = self._rebuilt_state(old, {**buffers, **carried}, layer_plan, target_pruned)
+        for name, _ in new.named_parameters():
+            tensors[f"{prefix}.{name}"] = state[name].contiguous()
 
     def _layer_module(self, layer_index: int) -> nn.Module:
         for info in self.linear_layers():
@@ -184,7 +203,7 @@ class LinearAttentionAdapter:
                 return info.module
         raise AdapterError(f"layer {layer_index} is not a linear-attention layer of the model.")
 
-    def apply_plan(self, plan) -> PrunePlan:
+    def apply_plan(self, plan, carry: Sequence[dict[str, torch.Tensor]] = ()) -> PrunePlan:
         """Physically remove the heads `plan` drops (indices relative to the current model); returns the plan now
         recorded in the config (relative to the original model).
 
@@ -192,6 +211,11 @@ class LinearAttentionAdapter:
         `linear_num_value_heads` / `linear_num_key_heads`; otherwise pruned layers become `RankPrunedGatedDeltaNet`
         modules with their own head counts and value->key map, and the model/config classes become the registered
         `*_rankpruned` ones. Accelerate hooks are carried over to rebuilt modules.
+
+        `carry`: mappings from parameter name (in `model.named_parameters()`) to a tensor of that parameter's shape,
+        e.g. an optimizer's Adam moments. Each is sliced in place exactly as the weights are, so its entries for a
+        rebuilt layer end up under the new parameters' names and shapes. A layer with a parameter missing from a
+        mapping loses its entries in that mapping.
         """
         from ..plan import CONFIG_KEY, PrunePlan
 
@@ -201,6 +225,7 @@ class LinearAttentionAdapter:
         uniform = total.is_uniform
         pruned_class = _pruned_layer_class()
         infos = {info.index: info for info in self.linear_layers()}
+        module_names = {id(module): name for name, module in self.model.named_modules()}
         # uniform: the stock config describes every layer; ragged: it keeps the original counts (unpruned layers)
         first = total.layers[0]
         self.config.linear_num_value_heads = first.num_kept_value_heads if uniform else first.num_value_heads
@@ -210,10 +235,9 @@ class LinearAttentionAdapter:
             target_pruned = not uniform and total.layer(layer_plan.layer).is_pruned
             if not layer_plan.is_pruned and isinstance(info.module, pruned_class) == target_pruned:
                 continue
-            weights = select_heads(self.layer_weights(layer_plan.layer), layer_plan)
             old = info.module
+            weights, state = self._rebuilt_state(old, _materialised_tensors(old), layer_plan, target_pruned)
             if target_pruned:
-                state = canonical_to_contiguous(weights)
                 new = _build_on_meta(
                     pruned_class,
                     self.config,
@@ -223,8 +247,9 @@ class LinearAttentionAdapter:
                     weights["value_to_key"].tolist(),
                 )
             else:
-                state = self._stock_state(weights)
                 new = _build_on_meta(self._stock_layer_class(), self.config, layer_plan.layer)
+            for tensors in carry:
+                self._carry_layer(old, new, module_names[id(old)], layer_plan, target_pruned, tensors)
             _load_tensors(new, state, old)
             new.train(old.training)
             _replace_module(self.model, old, new)
