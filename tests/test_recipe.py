@@ -148,9 +148,10 @@ def test_qwen3_5_recipes_make_stock_uniform_plans(name, cls, config, linear_laye
         check_architecture(recipe, on_meta(Qwen3NextForCausalLM, Qwen3NextConfig(**QWEN3_NEXT_80B)))
 
 
-def test_demo_recipe_on_the_demo_model_geometry():
+def test_demo_recipe_on_the_demo_model_geometry(monkeypatch):
     spec = importlib.util.spec_from_file_location("train_demo_model", REPO / "scripts" / "train_demo_model.py")
     script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up there
     spec.loader.exec_module(script)
     with torch.device("meta"):
         model = script.build_model(320, 0)
