@@ -16,6 +16,9 @@ One command makes the shipped model (seeded; 45.5 minutes on 2 CPU cores here, t
     python scripts/train_demo_model.py
 
     python scripts/train_demo_model.py --steps 200 --out /tmp/pilot --no-eval   # a pilot
+
+The model is written and evaluated in `<out>.partial` first and moves to `--out` only if it passes its quality gates
+(or with `--no-eval`); otherwise it stays there, `--out` keeps what it held, and the command exits with status 1.
     python scripts/train_demo_model.py --eval-only     # re-evaluate the saved model and rewrite the card
 
 The schedule is fixed in optimizer steps (sequence-length curriculum, learning rate), so the model depends
@@ -160,6 +163,8 @@ class Stage:
 # the language and the answer's format but not to copy the key (passkey 0.00 at its end, answer loss at chance);
 # in stage 2 retrieval forms within ~150 steps of short (128-token) rows and then carries to 1024 tokens. Rows of
 # pass keys alone from the start, at any length, stayed at chance for 1,000+ steps: the language comes first.
+# The schedule is tight: with --seed 1235 retrieval began only ~400 steps into stage 2 and the model ended at
+# passkey 0.04 / 0.00 (the default seed, 1234, makes the shipped model).
 STAGES = (
     Stage(share=0.48, lr=3e-3, warmup=50, passkey_fraction=0.4, curriculum="128:0.12,256:0.18,512:0.30,1024:0.40"),
     Stage(share=0.52, lr=2e-3, warmup=20, passkey_fraction=0.8, curriculum="128:0.25,256:0.25,512:0.25,1024:0.25"),
@@ -391,6 +396,16 @@ def evaluate_and_card(out: Path, documents, tokenizer=None, seed: int = 0, num_k
 
 
 # ----------------------------------------------------------------------------------------------- main
+def replace_folder(source: Path, target: Path) -> None:
+    """Move `source` to `target`, replacing what is there only once the new folder is complete."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    source.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def training_command(argv: list[str]) -> str:
     """The command line that made the model, without `--out` (where it was written does not change it)."""
     kept, skip = [], False
@@ -486,10 +501,13 @@ def main(argv=None) -> int:
     log(f"trained {args.steps} steps, {tokens_seen:,} tokens in {train_minutes:.1f} min")
 
     model.eval()
-    args.out.mkdir(parents=True, exist_ok=True)
+    # written and evaluated beside --out first: a model that misses its gates never replaces the one there
+    staging = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     model.config.architectures = ["Qwen3_5ForCausalLM"]
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
     info = {
         "config": model.config.to_dict(),
         "num_parameters": n_params,
@@ -505,16 +523,19 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "command": training_command(sys.argv[1:] if argv is None else argv),
     }
-    (args.out / "training_info.json").write_text(json.dumps(info, indent=2))
-    write_card(args.out, info)
-    log(f"saved to {args.out}")
-    if not args.no_eval:
-        evaluate_and_card(args.out, documents, tokenizer=tokenizer, num_keys=args.num_keys)
-    info = json.loads((args.out / "training_info.json").read_text())
+    (staging / "training_info.json").write_text(json.dumps(info, indent=2))
+    write_card(staging, info)
+    quality = None if args.no_eval else evaluate_and_card(staging, documents, tokenizer=tokenizer, num_keys=args.num_keys)
+    info = json.loads((staging / "training_info.json").read_text())
     info["command_minutes"] = round((time.time() - t_command) / 60, 2)
-    (args.out / "training_info.json").write_text(json.dumps(info, indent=2))
-    write_card(args.out, info)
+    (staging / "training_info.json").write_text(json.dumps(info, indent=2))
+    write_card(staging, info)
     log(f"done in {info['command_minutes']:.1f} min (tokenizer, training and evaluation)")
+    if quality is not None and quality["gates"] != "PASS":
+        log(f"the model misses its quality gates: it stays in {staging}; {args.out} is left as it was")
+        return 1
+    replace_folder(staging, args.out)
+    log(f"saved to {args.out}")
     return 0
 
 

@@ -59,3 +59,16 @@ def test_recorded_command_leaves_out_where_the_model_was_written(script):
     assert script.training_command(["--out", "/tmp/x", "--steps", "5"]) == "python scripts/train_demo_model.py --steps 5"
     assert script.training_command(["--out=/tmp/x"]) == "python scripts/train_demo_model.py"
     assert script.training_command([]) == "python scripts/train_demo_model.py"
+
+
+def test_replace_folder_swaps_in_the_new_model_whole(script, tmp_path):
+    target, new = tmp_path / "demo_model", tmp_path / "demo_model.partial"
+    target.mkdir()
+    (target / "model.safetensors").write_text("old")
+    (target / "stale.json").write_text("{}")
+    new.mkdir()
+    (new / "model.safetensors").write_text("new")
+    script.replace_folder(new, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_model"]
+    assert sorted(p.name for p in target.iterdir()) == ["model.safetensors"]
+    assert (target / "model.safetensors").read_text() == "new"
