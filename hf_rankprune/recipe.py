@@ -34,9 +34,9 @@ arguments), plus top-level keys for what a run needs besides the modifier:
     push_to_hub: {repo_id: me/Qwen3-Next-80B-A3B-Instruct-rp39, private: true}   # optional
 
 Files are read with a `yaml.SafeLoader` that also reads exponents without a decimal point (`1e-4`) as numbers, as
-YAML 1.2 does (PyYAML's YAML 1.1 rules read them as strings). Every problem raises `RecipeError` (a ValueError) whose message names the
-file and the key path, e.g. ``recipes/x.yaml: pruning_stage.pruning_modifiers.RankPruningModifier.ratio=1.5 is not
-allowed: it must lie in (0.0, 1.0).``
+YAML 1.2 does (PyYAML's YAML 1.1 rules read them as strings). Every problem raises `RecipeError` (a ValueError)
+whose message names the file and the key path, e.g. ``recipes/x.yaml:
+pruning_stage.pruning_modifiers.RankPruningModifier.ratio=1.5 is not allowed: it must lie in (0.0, 1.0).``
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ class _RecipeLoader(yaml.SafeLoader):
 
 
 _RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+.0123456789")
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
 )
 
 
@@ -495,8 +497,9 @@ def retarget_optimizer(optimizer: Any, model: torch.nn.Module, names_before: dic
             new = param if name is None else now.get(name)
             if new is not param:
                 old_state = optimizer.state.pop(param, {})
-                rest = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in old_state.items() if k not in carried}
-                scalars[name] = rest
+                scalars[name] = {
+                    k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in old_state.items() if k not in carried
+                }
                 replaced += 1
             if new is not None and id(new) not in placed:
                 params.append(new)

@@ -492,7 +492,8 @@ def main(argv=None) -> int:
         if (step + 1) % 25 == 0:
             elapsed = time.time() - t_start
             log(
-                f"step {step + 1}/{args.steps} len {length} lr {lr:.2e} loss {loss.item():.3f} ema {ema:.3f} answer-ema {answer_ema or float('nan'):.3f} "
+                f"step {step + 1}/{args.steps} len {length} lr {lr:.2e} loss {loss.item():.3f} ema {ema:.3f} "
+                f"answer-ema {answer_ema or float('nan'):.3f} "
                 f"tok/s {tokens_seen / elapsed:.0f} elapsed {elapsed / 60:.1f}m"
             )
         if args.probe_every and (step + 1) % args.probe_every == 0:
@@ -525,7 +526,9 @@ def main(argv=None) -> int:
     }
     (staging / "training_info.json").write_text(json.dumps(info, indent=2))
     write_card(staging, info)
-    quality = None if args.no_eval else evaluate_and_card(staging, documents, tokenizer=tokenizer, num_keys=args.num_keys)
+    quality = None
+    if not args.no_eval:
+        quality = evaluate_and_card(staging, documents, tokenizer=tokenizer, num_keys=args.num_keys)
     info = json.loads((staging / "training_info.json").read_text())
     info["command_minutes"] = round((time.time() - t_command) / 60, 2)
     (staging / "training_info.json").write_text(json.dumps(info, indent=2))

@@ -56,7 +56,8 @@ def test_loss_weights_the_answer_and_reports_its_own_loss(script):
 
 
 def test_recorded_command_leaves_out_where_the_model_was_written(script):
-    assert script.training_command(["--out", "/tmp/x", "--steps", "5"]) == "python scripts/train_demo_model.py --steps 5"
+    command = script.training_command(["--out", "/tmp/x", "--steps", "5"])
+    assert command == "python scripts/train_demo_model.py --steps 5"
     assert script.training_command(["--out=/tmp/x"]) == "python scripts/train_demo_model.py"
     assert script.training_command([]) == "python scripts/train_demo_model.py"
 
