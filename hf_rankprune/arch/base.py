@@ -192,8 +192,7 @@ class LinearAttentionAdapter:
         carried = {name: tensors.pop(f"{prefix}.{name}", None) for name in names}
         if any(value is None for value in carried.values()):
             return
-        buffers = {name: buffer for name, buffer in old.named_buffers() if buffer is not None}
-        _, state = self._rebuilt_state(old, {**buffers, **carried}, layer_plan, target_pruned)
+        _, state = self._rebuilt_state(old, {**dict(old.named_buffers()), **carried}, layer_plan, target_pruned)
         for name, _ in new.named_parameters():
             tensors[f"{prefix}.{name}"] = state[name].contiguous()
 
