@@ -8,6 +8,13 @@ from pathlib import Path
 import torch
 
 from .arch import adapter_class_for_config
+from .checkpoint import (
+    CheckpointError,
+    auto_class_for_config,
+    checkpoint_tensors,
+    describe_report,
+    report_from_loading_info,
+)
 
 DEMO_MODEL_PATH = Path(__file__).parent / "assets" / "demo_model"
 DEMO_MODEL_NAME = "hf_rankprune demo model (hf_rankprune/assets/demo_model)"
@@ -52,21 +59,59 @@ def load_config(model_path: str):
     return config
 
 
-def load_model_and_tokenizer(model_path: str, device_map: str | dict | None = None, dtype: str | None = None):
-    """Load a CausalLM and its tokenizer; the architecture is checked from the config before any weight is read."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def check_device_map(device_map: str | dict | None) -> None:
+    """Refuse a device map that names an accelerator this machine does not have (before any weight is read)."""
+    names = device_map.values() if isinstance(device_map, dict) else [device_map]
+    for name in names:
+        if not isinstance(name, str) or name in ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "disk"):
+            continue
+        try:
+            device = torch.device(name)
+        except RuntimeError as error:
+            raise ModelLoadError(f"device_map {str(name)[:100]!r} is not a device: use 'auto', 'cpu' or 'cuda:N'.") from error
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0 or (device.index or 0) >= count:
+                raise ModelLoadError(
+                    f"device_map {name!r}: this machine has {count} CUDA device(s). Use 'auto', 'cpu' or "
+                    f"'cuda:N' with N < {count}." if count else f"device_map {name!r}: this machine has no CUDA device; "
+                    "use 'cpu' (or leave --device-map out)."
+                )
 
-    load_config(model_path)
+
+def load_model_and_tokenizer(model_path: str, device_map: str | dict | None = None, dtype: str | None = None):
+    """Load the whole model (vision-language checkpoints with their vision tower) and its tokenizer.
+
+    The architecture, the device map and the weight files' headers are checked before any weight is read; a model
+    whose weights do not match its config (missing, unexpected or re-shaped tensors, which transformers would fill
+    with random values) is refused.
+    """
+    from transformers import AutoTokenizer
+
+    config = load_config(model_path)
     if dtype is not None and dtype not in DTYPES:
         raise ModelLoadError(f"dtype={dtype!r} is not supported: choose one of {sorted(DTYPES)}.")
+    check_device_map(device_map)
+    if Path(model_path).is_dir():
+        try:
+            checkpoint_tensors(model_path)
+        except CheckpointError as error:
+            raise ModelLoadError(str(error)) from error
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"Cannot load the tokenizer of {model_path!r}: {error}") from error
+    auto_class = auto_class_for_config(config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path, device_map=device_map, dtype=DTYPES[dtype] if dtype else "auto"
+        model, info = auto_class.from_pretrained(
+            model_path, device_map=device_map, dtype=DTYPES[dtype] if dtype else "auto", output_loading_info=True
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"Cannot load the model weights of {model_path!r}: {error}") from error
+    problems = describe_report(report_from_loading_info(info))
+    if problems:
+        raise ModelLoadError(
+            f"{model_path} does not load cleanly: its weights do not match its config.json ({problems}); "
+            "transformers would fill the gaps with random values. Fix or re-download the checkpoint."
+        )
     return model.eval(), tokenizer

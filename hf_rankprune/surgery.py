@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch.base import get_adapter
+from .arch.base import check_can_carry_ragged, get_adapter
+from .checkpoint import check_saved_checkpoint
 from .plan import PlanError, PrunePlan
 from .utils import atomic_output_dir, check_output_dir
 
@@ -55,19 +56,15 @@ def save_pruned(
     get `auto_map` and self-contained code, so `trust_remote_code=True` loads them without hf_rankprune.
     `write_extra(folder)` may add files (a model card, figures) before the folder appears.
     """
-    from .modeling import PRUNED_CLASSES, remote_code_files
+    from .modeling import auto_class_name, remote_code_files
 
     plan = model_plan(model)
     if plan is None:
         raise PlanError("the model carries no prune plan (config.rankprune_plan): prune it before save_pruned.")
     check_output_dir(save_directory, overwrite)
     ragged = not plan.is_uniform
-    registered = {pair[1]: pair for pair in PRUNED_CLASSES.values()}
-    if ragged and type(model) not in registered:
-        raise PlanError(
-            f"ragged plans can be saved for {sorted(c.__name__ for c in registered)}, not {type(model).__name__}; "
-            "use a uniform plan (budget='uniform') for this model."
-        )
+    if ragged:
+        check_can_carry_ragged(model)
     if max_shard_size is not None:
         save_kwargs["max_shard_size"] = max_shard_size
     with atomic_output_dir(save_directory, overwrite) as staging:
@@ -76,16 +73,17 @@ def save_pruned(
             tokenizer.save_pretrained(staging)
         plan.to_json_file(staging / PLAN_FILE)
         if ragged:
-            config_class, model_class = registered[type(model)]
+            config_class = type(model.config)
             for name, source in remote_code_files().items():
                 shutil.copyfile(source, staging / name)
             config_path = staging / "config.json"
             values = json.loads(config_path.read_text(encoding="utf-8"))
             values["auto_map"] = {
                 "AutoConfig": f"configuration_rankpruned.{config_class.__name__}",
-                "AutoModelForCausalLM": f"modeling_rankpruned.{model_class.__name__}",
+                auto_class_name(type(model)): f"modeling_rankpruned.{type(model).__name__}",
             }
             config_path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        check_saved_checkpoint(staging)
         if write_extra is not None:
             write_extra(staging)
     target = Path(save_directory).absolute()

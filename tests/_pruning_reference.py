@@ -26,10 +26,15 @@ PLANS = {
 UNIFORM = {"uniform", "uniform_key_drop"}
 
 
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The language model's decoder layers of a CausalLM or a vision-language model."""
+    return getattr(model.model, "language_model", model.model).layers
+
+
 def zeroed_reference(model: torch.nn.Module, kept: dict[int, list[int]]) -> torch.nn.Module:
     """A copy of the (unpruned) `model` whose value heads not in `kept[layer]` are zeroed in out_proj."""
     reference = copy.deepcopy(model)
-    for index, layer in enumerate(reference.model.layers):
+    for index, layer in enumerate(decoder_layers(reference)):
         if index not in kept:
             continue
         attn = layer.linear_attn

@@ -10,8 +10,12 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     PreTrainedTokenizerFast,
+    Qwen3_5Config,
     Qwen3_5ForCausalLM,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
     Qwen3_5MoeForCausalLM,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3_5MoeTextConfig,
     Qwen3_5TextConfig,
     Qwen3NextConfig,
@@ -36,15 +40,40 @@ COMMON = dict(
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
 
 
-def build_tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    """A randomly initialised fp32 CausalLM of `family` ("qwen3_next", "qwen3_5", "qwen3_5_moe") in eval mode."""
+# A tiny vision tower: the public Qwen3.5 checkpoints are vision-language models (`*ForConditionalGeneration`)
+VISION = dict(
+    depth=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=COMMON["hidden_size"],
+    patch_size=4,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+    num_position_embeddings=16,
+)
+VISION_TOKENS = dict(image_token_id=310, video_token_id=311, vision_start_token_id=312, vision_end_token_id=313)
+
+
+def build_tiny_model(family: str, seed: int = 0, vision: bool = False, **overrides) -> torch.nn.Module:
+    """A randomly initialised fp32 model of `family` ("qwen3_next", "qwen3_5", "qwen3_5_moe") in eval mode: a CausalLM,
+    or with `vision` (Qwen3.5 families) the vision-language model of the public checkpoints."""
     torch.manual_seed(seed)
     values = dict(COMMON, **overrides)
+    if vision and family not in ("qwen3_5", "qwen3_5_moe"):
+        raise ValueError(f"{family} has no vision-language form")
     if family == "qwen3_next":
         config = Qwen3NextConfig(intermediate_size=128, **MOE, **values)
         model = Qwen3NextForCausalLM(config)
+    elif family == "qwen3_5" and vision:
+        text = Qwen3_5TextConfig(intermediate_size=128, **values)
+        model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=VISION, **VISION_TOKENS))
     elif family == "qwen3_5":
         model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(intermediate_size=128, **values))
+    elif family == "qwen3_5_moe" and vision:
+        text = Qwen3_5MoeTextConfig(**MOE, **values)
+        config = Qwen3_5MoeConfig(text_config=text, vision_config=VISION, **VISION_TOKENS)
+        model = Qwen3_5MoeForConditionalGeneration(config)
     elif family == "qwen3_5_moe":
         model = Qwen3_5MoeForCausalLM(Qwen3_5MoeTextConfig(**MOE, **values))
     else:
@@ -85,9 +114,9 @@ def build_tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS)
 
 
-def save_tiny_model(family: str, path: Path, **overrides) -> Path:
+def save_tiny_model(family: str, path: Path, vision: bool = False, **overrides) -> Path:
     """Save a tiny model of `family` with a tokenizer into `path`, as a user's model folder looks."""
-    build_tiny_model(family, **overrides).save_pretrained(path)
+    build_tiny_model(family, vision=vision, **overrides).save_pretrained(path)
     build_tiny_tokenizer().save_pretrained(path)
     return path
 

@@ -222,6 +222,8 @@ class LinearAttentionAdapter:
         previous = PrunePlan.from_config(self.config)
         total = previous.compose(plan) if previous is not None else plan
         uniform = total.is_uniform
+        if not uniform:
+            check_can_carry_ragged(self.model)
         pruned_class = _pruned_layer_class()
         infos = {info.index: info for info in self.linear_layers()}
         module_names = {id(module): name for name, module in self.model.named_modules()}
@@ -436,6 +438,20 @@ def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
                 setattr(parent, name, new)
                 return
     raise AdapterError("internal error: layer module not found in the model.")
+
+
+def check_can_carry_ragged(model: nn.Module) -> None:
+    """Refuse (before any change) a model whose class has no registered ragged-pruned counterpart."""
+    from ..modeling import PRUNED_CLASSES
+    from ..plan import PlanError
+
+    known = set(PRUNED_CLASSES) | {pair[1] for pair in PRUNED_CLASSES.values()}
+    if type(model) not in known:
+        raise PlanError(
+            f"{type(model).__name__} cannot carry a ragged (per-layer) plan: ragged pruned models exist for "
+            f"{sorted(cls.__name__ for cls in PRUNED_CLASSES)}. Use budget='uniform' (--budget uniform) for this "
+            "model, or load it with one of those classes."
+        )
 
 
 def _swap_model_classes(model: nn.Module, ragged: bool) -> None:

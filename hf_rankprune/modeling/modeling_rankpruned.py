@@ -5,8 +5,9 @@
 gated norm, cache handling) and calls hf_rankprune's kernel dispatch with the map. Its weights use the contiguous
 Qwen3.5 layout (`in_proj_qkv [q all | k all | v all]`, `in_proj_z`, `in_proj_b`, `in_proj_a`) for every family.
 
-The `*RankPrunedForCausalLM` classes are the stock CausalLMs whose pruned linear layers are rebuilt from
-`config.rankprune_plan` at construction, so `from_pretrained` loads pruned checkpoints.
+The `*RankPruned*` model classes are the stock CausalLMs (and vision-language models) whose pruned linear layers are
+rebuilt from the language model's `rankprune_plan` at construction, so `from_pretrained` loads pruned checkpoints.
+Their model types read checkpoints through the stock type's checkpoint conversion (`register_conversion_mappings`).
 
 Self-contained (imports torch, transformers and its sibling files only): this file is copied next to pruned
 checkpoints for `trust_remote_code=True` users who do not have hf_rankprune installed; the kernels then come from the
@@ -18,8 +19,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM, Qwen3NextForCausalLM
+from transformers import (
+    Qwen3_5ForCausalLM,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForCausalLM,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3NextForCausalLM,
+)
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.integrations.accelerate import force_accelerate_hooks
 from transformers.models.qwen3_5.modeling_qwen3_5 import (
     apply_mask_to_padding_states,
@@ -28,7 +36,10 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (
 )
 
 from .configuration_rankpruned import (
+    RANKPRUNED_SUFFIX,
+    Qwen3_5MoeRankPrunedConfig,
     Qwen3_5MoeTextRankPrunedConfig,
+    Qwen3_5RankPrunedConfig,
     Qwen3_5TextRankPrunedConfig,
     Qwen3NextRankPrunedConfig,
 )
@@ -186,15 +197,16 @@ def pruned_layer_specs(config) -> dict[int, tuple[int, int, list[int]]]:
     return specs
 
 
-def build_pruned_layers(model: nn.Module, config) -> None:
-    """Replace each linear layer that `config.rankprune_plan` prunes by a `RankPrunedGatedDeltaNet` of its shape."""
-    specs = pruned_layer_specs(config)
-    for index, decoder_layer in enumerate(model.model.layers):
+def build_pruned_layers(decoder_layers: nn.ModuleList, text_config) -> None:
+    """Replace each linear layer that `text_config.rankprune_plan` prunes by a `RankPrunedGatedDeltaNet` of its
+    shape."""
+    specs = pruned_layer_specs(text_config)
+    for index, decoder_layer in enumerate(decoder_layers):
         if index in specs:
             num_key_heads, num_value_heads, value_to_key = specs[index]
             old = decoder_layer.linear_attn
             decoder_layer.linear_attn = RankPrunedGatedDeltaNet(
-                config, index, num_key_heads, num_value_heads, value_to_key
+                text_config, index, num_key_heads, num_value_heads, value_to_key
             ).to(device=old.out_proj.weight.device, dtype=old.out_proj.weight.dtype)
 
 
@@ -204,7 +216,7 @@ class Qwen3NextRankPrunedForCausalLM(Qwen3NextForCausalLM):
 
     def __init__(self, config):
         super().__init__(config)
-        build_pruned_layers(self, config)
+        build_pruned_layers(self.model.layers, config)
 
 
 class Qwen3_5TextRankPrunedForCausalLM(Qwen3_5ForCausalLM):
@@ -213,7 +225,7 @@ class Qwen3_5TextRankPrunedForCausalLM(Qwen3_5ForCausalLM):
 
     def __init__(self, config):
         super().__init__(config)
-        build_pruned_layers(self, config)
+        build_pruned_layers(self.model.layers, config)
 
 
 class Qwen3_5MoeTextRankPrunedForCausalLM(Qwen3_5MoeForCausalLM):
@@ -222,4 +234,49 @@ class Qwen3_5MoeTextRankPrunedForCausalLM(Qwen3_5MoeForCausalLM):
 
     def __init__(self, config):
         super().__init__(config)
-        build_pruned_layers(self, config)
+        build_pruned_layers(self.model.layers, config)
+
+
+class Qwen3_5RankPrunedForConditionalGeneration(Qwen3_5ForConditionalGeneration):
+    config_class = Qwen3_5RankPrunedConfig
+    config: Qwen3_5RankPrunedConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        build_pruned_layers(self.model.language_model.layers, config.text_config)
+
+
+class Qwen3_5MoeRankPrunedForConditionalGeneration(Qwen3_5MoeForConditionalGeneration):
+    config_class = Qwen3_5MoeRankPrunedConfig
+    config: Qwen3_5MoeRankPrunedConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        build_pruned_layers(self.model.language_model.layers, config.text_config)
+
+
+RANKPRUNED_CONFIGS = (
+    Qwen3NextRankPrunedConfig,
+    Qwen3_5TextRankPrunedConfig,
+    Qwen3_5MoeTextRankPrunedConfig,
+    Qwen3_5RankPrunedConfig,
+    Qwen3_5MoeRankPrunedConfig,
+)
+
+
+def register_conversion_mappings() -> None:
+    """Give every `*_rankpruned` model type its stock type's checkpoint conversion.
+
+    `save_pretrained` writes weights in the stock checkpoint form (per-expert MoE keys, the stock key prefixes), so a
+    pruned checkpoint has the same layout as the original and as stock (uniform) pruned checkpoints, which serving
+    engines and other tools read. Loading must then apply the same conversion as the stock type (fuse the experts);
+    transformers looks it up by model type, and skips custom code unless the type was registered by the user, so
+    this runs at import of this file: in the package and in `trust_remote_code=True` copies alike.
+    """
+    for config_class in RANKPRUNED_CONFIGS:
+        stock_mapping = get_checkpoint_conversion_mapping(config_class.model_type.removesuffix(RANKPRUNED_SUFFIX))
+        if stock_mapping:
+            register_checkpoint_conversion_mapping(config_class.model_type, stock_mapping, overwrite=True)
+
+
+register_conversion_mappings()
