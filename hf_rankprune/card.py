@@ -224,7 +224,7 @@ def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | 
     if plan is None:
         raise ModelCardError("The pruner's model carries no prune plan: prune it before writing its card.")
     name = str(pruner.model_name) if pruner.model_name else None
-    base_model = hub_model_id(name)
+    base_model = getattr(pruner, "base_model", None) or hub_model_id(name)
     license = getattr(model.config, "license", None) or base_model_license(name)
     max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     context_length = min(DEFAULT_CONTEXT_LENGTH, int(max_positions)) if max_positions else None
@@ -246,11 +246,14 @@ def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | 
 
 
 def hub_model_id(name: str | None) -> str | None:
-    """`name` if it is a Hub model id "namespace/name" and not a local path; else None (a bare name is more likely
-    a class name than a legacy un-namespaced Hub id)."""
+    """The Hub model id behind `name`: `name` itself if it is an id "namespace/name" and not a local path, the id of
+    a Hub cache snapshot folder (`.../models--org--name/snapshots/<sha>`); else None (a bare name is more likely a
+    class name than a legacy un-namespaced Hub id)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    if name and Path(name).expanduser().is_dir():
+        return _snapshot_repo_id(Path(name).expanduser().resolve())
     if not name or name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
         return None
     try:
@@ -258,6 +261,21 @@ def hub_model_id(name: str | None) -> str | None:
     except HFValidationError:
         return None
     return name
+
+
+def _snapshot_repo_id(folder: Path) -> str | None:
+    """"org/name" of a Hub cache snapshot folder `.../models--org--name/snapshots/<sha>`, else None."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if folder.parent.name != "snapshots" or not folder.parent.parent.name.startswith("models--"):
+        return None
+    repo_id = folder.parent.parent.name.removeprefix("models--").replace("--", "/")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None
+    return repo_id
 
 
 def base_model_license(name_or_path: str | os.PathLike | None, *, endpoint: str | None = None) -> dict[str, str] | None:

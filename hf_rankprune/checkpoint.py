@@ -108,7 +108,12 @@ def load_report(folder: str | os.PathLike) -> dict[str, list[str]]:
     }
     with _quiet_transformers():
         _, info = model_class.from_pretrained(
-            None, config=config, state_dict=state_dict, device_map="meta", output_loading_info=True
+            None,
+            config=config,
+            state_dict=state_dict,
+            device_map="meta",
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # report re-shaped weights instead of raising
         )
     return report_from_loading_info(info)
 

@@ -13,6 +13,7 @@ from .checkpoint import (
     auto_class_for_config,
     checkpoint_tensors,
     describe_report,
+    load_report,
     report_from_loading_info,
 )
 
@@ -107,11 +108,28 @@ def load_model_and_tokenizer(model_path: str, device_map: str | dict | None = No
             model_path, device_map=device_map, dtype=DTYPES[dtype] if dtype else "auto", output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError) as error:
+        problems = _header_load_problems(model_path)  # re-shaped weights raise: name them
+        if problems:
+            raise _unclean_load_error(model_path, problems) from error
         raise ModelLoadError(f"Cannot load the model weights of {model_path!r}: {error}") from error
     problems = describe_report(report_from_loading_info(info))
     if problems:
-        raise ModelLoadError(
-            f"{model_path} does not load cleanly: its weights do not match its config.json ({problems}); "
-            "transformers would fill the gaps with random values. Fix or re-download the checkpoint."
-        )
+        raise _unclean_load_error(model_path, problems)
     return model.eval(), tokenizer
+
+
+def _unclean_load_error(model_path: str, problems: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{model_path} does not load cleanly: its weights do not match its config.json ({problems}); transformers "
+        "would fill the gaps with random values. Fix or re-download the checkpoint."
+    )
+
+
+def _header_load_problems(model_path: str) -> str:
+    """What a local checkpoint's load report would say (from its headers), or '' when it cannot tell."""
+    if not Path(model_path).is_dir():
+        return ""
+    try:
+        return describe_report(load_report(model_path))
+    except Exception:  # the header check is a diagnosis of an error already being raised: never mask it
+        return ""

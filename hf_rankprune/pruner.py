@@ -15,6 +15,7 @@ import torch
 from optimum.quantization_base import OptimumQuantizer
 
 from .arch import get_adapter
+from .arch.base import check_can_carry_ragged
 from .calibrate import calibrate
 from .config import RankPruneConfig
 from .loading import DTYPES, ModelLoadError, load_model_and_tokenizer, resolve_model_path
@@ -28,15 +29,20 @@ class RankPruner(OptimumQuantizer):
     """Holds a model, its tokenizer and a `RankPruneConfig`; each stage runs the ones before it when needed."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any = None, config: RankPruneConfig | None = None,
-                 model_name: str | None = None):  # fmt: skip
+                 model_name: str | None = None, base_model: str | None = None):  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or RankPruneConfig()
         self.model_name = model_name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        # Hub id named as `base_model` in the card; None: derived from model_name (a Hub id or Hub cache snapshot)
+        self.base_model = check_base_model(base_model)
         self.adapter = get_adapter(model)  # refuses unsupported models before any work
+        if self.config.budget != "uniform":  # per-layer budgets give ragged plans: refuse a model that cannot carry one
+            check_can_carry_ragged(model)
         self._stats: RankStats | None = None
         self._plan: PrunePlan | None = None
         self._pruned = False
+        self.source_model: str | None = None  # folder or Hub id loaded from: its processor files travel along
         # {"original": {...}, "pruned": {...}} of flat metric keys ("passkey.accuracy"): shown in the model card
         self.evaluation_results: dict[str, dict[str, float]] | None = None
 
@@ -49,14 +55,18 @@ class RankPruner(OptimumQuantizer):
         device_map: str | dict | None = None,
         torch_dtype: str | torch.dtype | None = None,
         tokenizer: Any = None,
+        base_model: str | None = None,
         **overrides: Any,
     ) -> RankPruner:
-        """A pruner for a model object, a local folder or a Hub id; `overrides` replace fields of `config`."""
+        """A pruner for a model object, a local folder or a Hub id; `overrides` replace fields of `config`.
+        `base_model`: the Hub id the card names as the base model (default: the model's id, also for a folder of the
+        Hub cache)."""
         if isinstance(config, dict):
             config = RankPruneConfig.from_dict(config)
         config = (config or RankPruneConfig()).replace(**overrides) if overrides else (config or RankPruneConfig())
+        check_base_model(base_model)
         if isinstance(model_or_path, torch.nn.Module):
-            return cls(model_or_path, tokenizer, config)
+            return cls(model_or_path, tokenizer, config, base_model=base_model)
         path = resolve_model_path(model_or_path)
         dtype = torch_dtype
         if isinstance(dtype, torch.dtype):
@@ -65,7 +75,9 @@ class RankPruner(OptimumQuantizer):
                 raise ModelLoadError(f"torch_dtype={dtype} is not supported: choose one of {sorted(DTYPES)}.")
             dtype = names[dtype]
         model, loaded_tokenizer = load_model_and_tokenizer(path, device_map=device_map, dtype=dtype)
-        return cls(model, tokenizer or loaded_tokenizer, config, model_name=str(model_or_path))
+        pruner = cls(model, tokenizer or loaded_tokenizer, config, model_name=str(model_or_path), base_model=base_model)
+        pruner.source_model = path
+        return pruner
 
     @classmethod
     def from_recipe(cls, recipe: Any, model: str | os.PathLike | torch.nn.Module | None = None,
@@ -138,7 +150,7 @@ class RankPruner(OptimumQuantizer):
 
         self.prune()
         return save_pruned(self.model, save_directory, self.tokenizer, overwrite=overwrite,
-                           max_shard_size=max_shard_size,
+                           max_shard_size=max_shard_size, source_model=self.source_model,
                            write_extra=lambda folder: write_pruner_card(self, folder))  # fmt: skip
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | bool | None = None,
@@ -154,7 +166,7 @@ class RankPruner(OptimumQuantizer):
         _check_repo_id(repo_id)
         self.prune()
         with tempfile.TemporaryDirectory(prefix="hf_rankprune-push-") as tmp:
-            folder = save_pruned(self.model, Path(tmp) / "model", self.tokenizer,
+            folder = save_pruned(self.model, Path(tmp) / "model", self.tokenizer, source_model=self.source_model,
                                  write_extra=lambda staging: write_pruner_card(self, staging, repo_id=repo_id))  # fmt: skip
             return push_folder(folder, repo_id, private=private, token=token, revision=revision,
                                commit_message=commit_message, create_pr=create_pr)  # fmt: skip
@@ -171,3 +183,22 @@ class RankPruner(OptimumQuantizer):
                 f"Cannot {action} after prune(): the model's heads changed. Create a new RankPruner on the pruned "
                 "model to prune it again (its plan composes with the first)."
             )
+
+
+def check_base_model(base_model: str | None) -> str | None:
+    """`base_model` if it is a valid Hub model id (or None); a clear error otherwise, before any work."""
+    if base_model is None:
+        return None
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        if not isinstance(base_model, str) or base_model.count("/") != 1:
+            raise HFValidationError("expected 'namespace/name'")
+        validate_repo_id(base_model)
+    except HFValidationError as error:
+        raise ModelLoadError(
+            f"base_model {str(base_model)[:200]!r} is not a Hub model id: give 'namespace/name', e.g. "
+            f"'Qwen/Qwen3.5-9B' ({error})."
+        ) from error
+    return base_model

@@ -47,6 +47,7 @@ def save_pruned(
     overwrite: bool = False,
     max_shard_size: int | str | None = None,
     write_extra: Callable[[Path], None] | None = None,
+    source_model: str | os.PathLike | None = None,
     **save_kwargs: Any,
 ) -> Path:
     """Write a pruned model (safetensors), its tokenizer if given, `prune_plan.json` and the plan in config.json.
@@ -54,7 +55,9 @@ def save_pruned(
     The folder is written beside `save_directory` under a temporary name and renamed at the end, so an interruption
     never leaves a half-written folder. An existing non-empty folder is refused unless `overwrite`. Ragged plans also
     get `auto_map` and self-contained code, so `trust_remote_code=True` loads them without hf_rankprune.
-    `write_extra(folder)` may add files (a model card, figures) before the folder appears.
+    `write_extra(folder)` may add files (a model card, figures) before the folder appears. `source_model` (the
+    original's folder or Hub id): its processor files (image/video preprocessor configs, chat template) travel along,
+    so a vision-language model stays usable with `AutoProcessor`.
     """
     from .modeling import auto_class_name, remote_code_files
 
@@ -72,6 +75,8 @@ def save_pruned(
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         plan.to_json_file(staging / PLAN_FILE)
+        if source_model is not None:
+            copy_processor_files(source_model, staging)
         if ragged:
             config_class = type(model.config)
             for name, source in remote_code_files().items():
@@ -88,3 +93,29 @@ def save_pruned(
             write_extra(staging)
     target = Path(save_directory).absolute()
     return target
+
+
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+)
+
+
+def copy_processor_files(source_model: str | os.PathLike, folder: Path) -> None:
+    """Copy the processor files of `source_model` (folder or Hub id) that `folder` does not have yet."""
+    from transformers.utils import cached_file
+
+    for name in PROCESSOR_FILES:
+        if (folder / name).exists():
+            continue
+        found = cached_file(
+            str(source_model),
+            name,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+        if found is not None:
+            shutil.copyfile(found, folder / name)

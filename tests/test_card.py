@@ -178,3 +178,12 @@ def test_save_pretrained_writes_card_and_figures(tmp_path):
     plan = pruner.pruning_plan
     assert f"{plan.num_removed_value_heads} of {plan.num_value_heads} linear-attention value heads" in card.text
     assert ("trust_remote_code=True" in card.text) == (not plan.is_uniform)
+
+
+def test_hub_cache_snapshot_folders_name_their_repo(tmp_path):
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen3.5-9B" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    assert hub_model_id(str(snapshot)) == "Qwen/Qwen3.5-9B"
+    other = tmp_path / "snapshots" / "0123abcd"
+    other.mkdir(parents=True)
+    assert hub_model_id(str(other)) is None

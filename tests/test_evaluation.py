@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,6 +58,20 @@ def test_metrics_load_offline_from_package_folders(monkeypatch):
         assert isinstance(metric, evaluate.Metric)
     with pytest.raises(ValueError, match="known"):
         load_metric("bleu")
+
+
+def test_loading_a_metric_leaves_the_process_online(monkeypatch):
+    """Offline mode covers the packaged metric's load only: an `hf:` calibration spec afterwards may reach the Hub."""
+    import evaluate.config
+
+    from hf_rankprune.evaluation import api
+
+    for name in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(api, "_METRIC_CACHE", {})
+    load_metric("perplexity")
+    assert "HF_HUB_OFFLINE" not in os.environ and "HF_EVALUATE_OFFLINE" not in os.environ
+    assert evaluate.config.HF_EVALUATE_OFFLINE is False
 
 
 def test_perplexity_metric_is_exp_mean_nll():

@@ -209,3 +209,35 @@ def test_save_self_check_refuses_a_checkpoint_that_would_not_reload(tmp_path, mo
     with pytest.raises(SavedCheckpointError, match="experts"):
         save_pruned(model, tmp_path / "out", tokenizer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]
+
+
+def test_prune_command_keeps_a_vision_language_model_whole(tmp_path):
+    """`hf-rankprune prune` on a Qwen3.5 vision-language folder writes a vision-language model: same Auto class,
+    vision tower bit-identical, processor files carried over, the card naming the base model given."""
+    from transformers import AutoModelForImageTextToText
+
+    from hf_rankprune.cli import main
+
+    source = save_tiny_model("qwen3_5", tmp_path / "source", vision=True)
+    (source / "preprocessor_config.json").write_text(json.dumps({"patch_size": 4, "merge_size": 2}))
+    out = tmp_path / "out"
+    args = ["prune", str(source), "--out", str(out), "--budget", "global", "--ratio", "0.25"]
+    code = main([*args, "--num-samples", "2", "--seq-len", "64", "--quiet", "--base-model", "org/tiny-vl"])
+    assert code == 0
+    assert (out / "preprocessor_config.json").read_text() == (source / "preprocessor_config.json").read_text()
+    assert "base_model: org/tiny-vl" in (out / "README.md").read_text()
+    original = AutoModelForImageTextToText.from_pretrained(source)
+    pruned, info = AutoModelForImageTextToText.from_pretrained(out, output_loading_info=True)
+    assert type(pruned).__name__ == "Qwen3_5RankPrunedForConditionalGeneration"
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    visual = pruned.model.visual.state_dict()
+    assert all(torch.equal(visual[name], value) for name, value in original.model.visual.state_dict().items())
+
+
+def test_bad_base_model_is_refused_before_any_work(tmp_path, capsys):
+    from hf_rankprune.cli import main
+
+    source = save_tiny_model("qwen3_5", tmp_path / "source")
+    code = main(["prune", str(source), "--out", str(tmp_path / "out"), "--base-model", "not a hub id"])
+    assert code == 2 and "is not a Hub model id" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

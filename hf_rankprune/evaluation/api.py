@@ -8,8 +8,10 @@ Results come back as one flat dict, keys `"<task>.<metric>"` (e.g. `"passkey.acc
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,12 +31,33 @@ def load_metric(name: str):
     if name not in KNOWN_TASKS:
         raise ValueError(f"unknown metric {name!r}; known: {', '.join(KNOWN_TASKS)}")
     if name not in _METRIC_CACHE:
-        os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import evaluate
+        with _offline_for_evaluate():
+            import evaluate
 
-        _METRIC_CACHE[name] = evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
+            _METRIC_CACHE[name] = evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
     return _METRIC_CACHE[name]
+
+
+@contextlib.contextmanager
+def _offline_for_evaluate():
+    """Offline mode for `evaluate` while it loads a packaged metric (no download-count request to the Hub), and only
+    then: the rest of the process (an `hf:` calibration spec, a push) keeps the user's setting."""
+    names = ("HF_EVALUATE_OFFLINE", "HF_HUB_OFFLINE")
+    saved = {key: os.environ.get(key) for key in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    if "evaluate.config" in sys.modules:  # evaluate reads the variable once, at import
+        sys.modules["evaluate.config"].HF_EVALUATE_OFFLINE = True
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        sys.modules["evaluate.config"].HF_EVALUATE_OFFLINE = (saved["HF_EVALUATE_OFFLINE"] or "").strip().upper() in (
+            "1", "ON", "YES", "TRUE"
+        )
 
 
 # ----------------------------------------------------------------------------------------- model utils
