@@ -7,7 +7,10 @@ leaving nothing written.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .config import ConfigError, RankPruneConfig
@@ -61,6 +64,15 @@ def _config_from_args(args: argparse.Namespace, base: RankPruneConfig | None = N
     return (base or RankPruneConfig()).replace(**overrides)
 
 
+def _run_inputs(args: argparse.Namespace, model_path: str | None, config: RankPruneConfig | None = None) -> list:
+    """Every local path the run reads (model folder, --stats, --recipe, --data files): outputs may not overlap them."""
+    paths = [model_path, getattr(args, "stats", None), getattr(args, "recipe", None)]
+    for spec in (config.data if config is not None else None) or ():
+        if isinstance(spec, str) and not spec.startswith(("hf:", "builtin")):
+            paths.append(spec)
+    return paths
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
     from .data import load_calibration_samples
@@ -68,12 +80,13 @@ def _analyze(args: argparse.Namespace) -> int:
     from .utils import atomic_output_dir, check_output_dir
 
     config = _config_from_args(args)
-    check_output_dir(args.out, args.overwrite)
     model_path = resolve_model_path(args.model)
+    inputs = _run_inputs(args, model_path, config)
+    check_output_dir(args.out, args.overwrite, inputs)
     model, tokenizer = load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)
     samples = load_calibration_samples(config.data, tokenizer, config.num_samples, config.seq_len, config.seed)
     stats = calibrate(model, samples, config, progress=not args.quiet, model_name=str(args.model or DEMO_MODEL_NAME))
-    with atomic_output_dir(args.out, args.overwrite) as staging:
+    with atomic_output_dir(args.out, args.overwrite, inputs) as staging:
         analysis = write_report(stats, staging)
     strat, stab = analysis["stratification"], analysis["stability"]
     print(
@@ -149,16 +162,17 @@ def _prune(args: argparse.Namespace) -> int:
 
     recipe = _prune_recipe(args)
     config = override_config(_config_from_args(args, recipe.config if recipe else None), **_pruning_overrides(args))
-    check_output_dir(args.out, args.overwrite)
-    stats = RankStats.from_json_file(args.stats) if args.stats else None
     model_path = resolve_model_path(args.model)
+    check_output_dir(args.out, args.overwrite, _run_inputs(args, model_path, config))
+    stats = RankStats.from_json_file(args.stats) if args.stats else None
     evaluation = _recipe_evaluation(recipe, model_path)
     push = dict(recipe.push_to_hub) if recipe is not None and recipe.push_to_hub else None
     if push is not None:
         from .hub import _check_repo_id
 
         _check_repo_id(push["repo_id"])
-    pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype)
+    pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype,
+                                        base_model=args.base_model)  # fmt: skip
     pruner.model_name = str(args.model or DEMO_MODEL_NAME)
     if recipe is not None:  # the model card shows the recipe, with the flags that overrode it applied
         import dataclasses
@@ -266,8 +280,8 @@ def _eval(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in KNOWN_TASKS]
     if unknown or not tasks:
         raise UsageError(f"unknown task(s) {unknown or args.tasks!r}: choose from {','.join(KNOWN_TASKS)}.")
-    check_output_file(args.out, args.overwrite)
     model_path = resolve_model_path(args.model)
+    check_output_file(args.out, args.overwrite, _run_inputs(args, model_path))
     kwargs = _eval_kwargs(args, model_path, tasks)
     model, tokenizer = load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)
     results = evaluate_model(model, tokenizer, tasks, **kwargs)
@@ -285,12 +299,13 @@ def _probe(args: argparse.Namespace) -> int:
     from .utils import atomic_output_dir, check_output_dir
 
     config = _config_from_args(args).replace(**_pruning_overrides(args))
-    check_output_dir(args.out, args.overwrite)
+    model_path = resolve_model_path(args.model)
+    inputs = _run_inputs(args, model_path, config)
+    check_output_dir(args.out, args.overwrite, inputs)
     seeds = _int_list(args.seeds, "--seeds")
     if not seeds:
         raise UsageError("--seeds: give at least one seed for the random control.")
     stats = RankStats.from_json_file(args.stats) if args.stats else None
-    model_path = resolve_model_path(args.model)
     eval_kwargs = _eval_kwargs(args, model_path, ["passkey"])
     pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype)
     if stats is None:
@@ -303,7 +318,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     result = run_probe(pruner.model, pruner.tokenizer, stats, config, num_heads=args.probe_heads, seeds=seeds,
                        model_factory=fresh_model, eval_kwargs=eval_kwargs)  # fmt: skip
-    with atomic_output_dir(args.out, args.overwrite) as staging:
+    with atomic_output_dir(args.out, args.overwrite, inputs) as staging:
         write_probe(result, staging)
         stats.to_json_file(staging / "rank_stats.json")
     print(result["verdict"])
@@ -359,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", default=None, help="output model folder (must not exist or be empty; default: the "
                        "recipe's output_dir)")  # fmt: skip
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--base-model", default=None, metavar="ID", help="Hub id the model card names as the base "
+                       "model (default: MODEL's id, also for a folder of the Hub cache)")  # fmt: skip
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
     prune.set_defaults(handler=_prune)
     evaluate = commands.add_parser("eval", help="perplexity, passkey accuracy, state memory and decode speed")
@@ -425,15 +442,60 @@ def user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised from the signal handler so that unfinished outputs are cleaned up on the way out."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def runtime_faults() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the machine failed the run (disk full, I/O error, out of memory): exit 1, one line."""
+    faults: tuple[type[BaseException], ...] = (OSError, MemoryError)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(getattr(torch, "OutOfMemoryError", None), type):
+        faults += (torch.OutOfMemoryError,)
+    return faults
+
+
+def _fault_message(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error) or type(error).__name__
+        where = f" ({error.filename})" if error.filename else ""
+        hint = " Free some disk space and run again." if error.errno == errno.ENOSPC else ""
+        return f"{reason}{where}: the run stopped and its unfinished output was removed.{hint}"
+    if isinstance(error, MemoryError):
+        return "out of memory: the run stopped and its unfinished output was removed. Use smaller settings."
+    return f"{type(error).__name__}: {error}. The run stopped and its unfinished output was removed."
+
+
+def _print_error(message: str) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    handle_sigterm = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handle_sigterm else None
     try:
         return args.handler(args)
     except user_errors() as error:
-        message = " ".join(str(error).split())
-        print(f"error: {message}", file=sys.stderr)
+        _print_error(str(error))
         return 2
+    except KeyboardInterrupt:
+        _print_error("interrupted (Ctrl-C): the run stopped and its unfinished output was removed.")
+        return 130
+    except Terminated:
+        _print_error("terminated (SIGTERM): the run stopped and its unfinished output was removed.")
+        return 128 + signal.SIGTERM
+    except runtime_faults() as error:
+        _print_error(_fault_message(error))
+        return 1
+    finally:
+        if handle_sigterm:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":
