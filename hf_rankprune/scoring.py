@@ -52,15 +52,32 @@ def _removal_priorities(scores: list[np.ndarray], config: RankPruneConfig) -> li
 
 
 def check_stats_match(stats: RankStats, adapter: LinearAttentionAdapter) -> None:
-    """Refuse statistics calibrated on another model (different linear layers or head counts)."""
+    """Refuse statistics that are not valid (see `RankStats.validate`) or were calibrated on another model (different
+    linear layers, head counts or head sizes); the message says what differs."""
+    stats.validate()
     layers = adapter.linear_layers()
     model_layers = [layer.index for layer in layers]
     model_heads = [layer.num_value_heads for layer in layers]
-    if stats.layers != model_layers or stats.num_heads != model_heads:
+    model_caps = [layer.rank_cap for layer in layers]
+    reason = None
+    if stats.layers != model_layers:
+        reason = f"they cover linear layers {stats.layers}, the model has linear layers {model_layers}"
+    elif stats.num_heads != model_heads:
+        index = next(i for i, (a, b) in enumerate(zip(stats.num_heads, model_heads)) if a != b)
+        reason = (
+            f"layer {model_layers[index]} has {stats.num_heads[index]} value heads in them and {model_heads[index]} in "
+            f"the model (value heads per layer: {stats.num_heads} vs {model_heads})"
+        )
+    elif stats.rank_caps != model_caps:
+        index = next(i for i, (a, b) in enumerate(zip(stats.rank_caps, model_caps)) if a != b)
+        reason = (
+            f"layer {model_layers[index]} has heads of rank cap {stats.rank_caps[index]} in them and "
+            f"{model_caps[index]} in the model (different key/value head sizes)"
+        )
+    if reason is not None:
         raise StatsError(
-            f"These rank statistics were made for another model: they cover linear layers {stats.layers} with "
-            f"{stats.num_heads} value heads, the model has layers {model_layers} with {model_heads}. Calibrate this "
-            "model (or pass the statistics file made for it)."
+            f"These rank statistics were made for another model: {reason}. Calibrate this model (or pass the "
+            "statistics file made for it)."
         )
 
 

@@ -262,29 +262,100 @@ class RankStats:
         }
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RankStats:
+    def from_dict(cls, values: dict[str, Any], source: str | None = None) -> RankStats:
+        """Statistics from their `to_dict` form, checked (see `validate`); `source` names them in messages."""
+        where = f"{source}: " if source else ""
+        if not isinstance(values, dict):
+            raise StatsError(f"{where}rank statistics must be a JSON object, got {type(values).__name__}.")
         try:
             if values.get("format_version") != FORMAT_VERSION:
                 raise StatsError(
-                    f"Unsupported rank statistics format_version={values.get('format_version')!r} "
+                    f"{where}unsupported rank statistics format_version={_shown(values.get('format_version'))} "
                     f"(this version of hf_rankprune reads {FORMAT_VERSION})."
                 )
-            stats = cls(
-                layers=[int(v) for v in values["layers"]],
-                num_heads=[int(v) for v in values["num_heads"]],
-                rank_caps=[int(v) for v in values["rank_caps"]],
-                grid=[int(v) for v in values["grid"]],
-                settings=dict(values.get("settings", {})),
-            )
-            for name, acc in values["categories"].items():
+            lists = {}
+            for name in ("layers", "num_heads", "rank_caps", "grid"):
+                items = values[name]
+                if not isinstance(items, list) or not all(_is_int(v) for v in items):
+                    raise StatsError(f"{where}{name} must be a list of integers, got {_shown(items)}.")
+                lists[name] = [int(v) for v in items]
+            settings = values.get("settings", {})
+            if not isinstance(settings, dict):
+                raise StatsError(f"{where}settings must be a JSON object, got {type(settings).__name__}.")
+            stats = cls(**lists, settings=dict(settings))
+            categories = values["categories"]
+            if not isinstance(categories, dict):
+                raise StatsError(f"{where}categories must be a JSON object, got {type(categories).__name__}.")
+            for name, acc in categories.items():
                 stats.categories[name] = CategoryAccumulator(
-                    counts=np.asarray(acc["counts"], dtype=np.int64),
-                    sums={m: [np.asarray(a, dtype=np.float64) for a in acc["sums"][m]] for m in METRICS},
-                    squares={m: [np.asarray(a, dtype=np.float64) for a in acc["squares"][m]] for m in METRICS},
+                    counts=_array(acc["counts"], np.float64),
+                    sums={m: [_array(a, np.float64) for a in acc["sums"][m]] for m in METRICS},
+                    squares={m: [_array(a, np.float64) for a in acc["squares"][m]] for m in METRICS},
                 )
-        except (KeyError, TypeError) as error:
-            raise StatsError(f"Malformed rank statistics: missing or invalid field {error}.") from error
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, StatsError):
+                raise
+            raise StatsError(
+                f"{where}malformed rank statistics: missing or invalid field {_shown(error)}. Make them again with "
+                "`hf-rankprune analyze`."
+            ) from error
+        stats.validate(source)
+        for accumulator in stats.categories.values():
+            accumulator.counts = accumulator.counts.astype(np.int64)
         return stats
+
+    def validate(self, source: str | None = None) -> None:
+        """Refuse statistics that cannot be right: lengths that disagree, non-finite values, negative counts or norms,
+        mean ranks outside [0, rank cap]. Raises StatsError naming the category, metric, layer and head."""
+        where = f"{source}: " if source else ""
+        fix = "The statistics are damaged or were edited: make them again with `hf-rankprune analyze`."
+
+        def fail(message: str) -> None:
+            raise StatsError(f"{where}{message}. {fix}")
+
+        layers = len(self.layers)
+        if len(self.num_heads) != layers or len(self.rank_caps) != layers:
+            fail(f"{layers} layers but {len(self.num_heads)} head counts and {len(self.rank_caps)} rank caps")
+        if any(v < 0 for v in self.layers) or list(self.layers) != sorted(set(self.layers)):
+            fail(f"layers {_shown(self.layers)} are not distinct increasing indices >= 0")
+        if any(v < 1 for v in self.num_heads) or any(v < 1 for v in self.rank_caps):
+            fail("head counts and rank caps must be >= 1")
+        if not self.grid or self.grid[0] < 1 or list(self.grid) != sorted(set(self.grid)):
+            fail(f"grid {_shown(self.grid)} is not a non-empty increasing list of token positions >= 1")
+        rank_eps = self.settings.get("rank_eps")
+        if rank_eps is not None and (not _is_number(rank_eps) or not 0 < rank_eps < 1):
+            fail(f"settings.rank_eps={_shown(rank_eps)} is not a number in (0, 1)")
+        grid = len(self.grid)
+        for name, acc in self.categories.items():
+            label = f"category {_shown(name)}"
+            counts = np.asarray(acc.counts)
+            if counts.shape != (grid,):
+                fail(f"{label}: {counts.size} counts for a grid of {grid} points")
+            if not np.all(np.isfinite(counts)) or np.any(counts < 0) or np.any(counts != np.round(counts)):
+                fail(f"{label}: counts must be whole numbers >= 0, got {_shown(counts.tolist())}")
+            for kind, arrays in (("sums", acc.sums), ("squares", acc.squares)):
+                for metric in METRICS:
+                    if len(arrays[metric]) != layers:
+                        fail(f"{label}: {kind} of {metric} cover {len(arrays[metric])} layers, not {layers}")
+                    for position, array in enumerate(arrays[metric]):
+                        here = f"{label}, {kind} of {metric}, layer {self.layers[position]}"
+                        if array.shape != (self.num_heads[position], grid):
+                            fail(f"{here}: shape {list(array.shape)}, expected [{self.num_heads[position]}, {grid}]")
+                        bad = ~np.isfinite(array)
+                        if bad.any():
+                            head, point = (int(i) for i in np.argwhere(bad)[0])
+                            fail(f"{here}, head {head}: {array[head, point]} at token {self.grid[point]}")
+                        cap = self.rank_caps[position] if metric in RANK_METRIC_NAMES.values() else np.inf
+                        per_sample = cap if kind == "sums" else cap**2
+                        limit = np.where(counts > 0, per_sample * np.maximum(counts, 1), 0.0)  # no samples: 0
+                        slack = 1e-6 * np.where(np.isfinite(limit), np.maximum(limit, 1.0), 0.0)
+                        outside = (array < -slack) | (array > limit + slack)
+                        if outside.any():
+                            head, point = (int(i) for i in np.argwhere(outside)[0])
+                            mean = array[head, point] / counts[point] if counts[point] else array[head, point]
+                            what = f"mean {mean:.6g}" if counts[point] else f"{mean:.6g} with no samples"
+                            bound = f"[0, {cap}]" if np.isfinite(cap) else ">= 0"
+                            fail(f"{here}, head {head}: {what} at token {self.grid[point]} is outside {bound}")
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as handle:
@@ -292,9 +363,46 @@ class RankStats:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> RankStats:
+        """Statistics from a JSON file written by `to_json_file` (rank_stats.json of `analyze` or `probe`), checked."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            inside = os.path.join(path, "rank_stats.json")
+            hint = f"; did you mean {inside!r}?" if os.path.isfile(inside) else " (rank_stats.json written by analyze)."
+            raise StatsError(f"{path!r} is a folder: give the statistics file{hint}")
+        if not os.path.exists(path):
+            raise StatsError(f"{path!r} does not exist: give the rank_stats.json written by `hf-rankprune analyze`.")
         try:
             with open(path, encoding="utf-8") as handle:
                 values = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise StatsError(f"{path} is not a rank statistics JSON file: {error}.") from error
-        return cls.from_dict(values)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise StatsError(
+                f"{path!r} is not a rank statistics JSON file ({_shown(error)}): give the rank_stats.json written by "
+                "`hf-rankprune analyze`."
+            ) from error
+        return cls.from_dict(values, source=repr(path))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _array(value: Any, dtype) -> np.ndarray:
+    """A numeric array from JSON lists; anything else (strings, ragged lists, objects) is a ValueError."""
+    if isinstance(value, (str, bytes, dict)) or value is None:
+        raise ValueError(f"expected a list of numbers, got {type(value).__name__}")
+    array = np.asarray(value, dtype=dtype)
+    return array
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A short representation of a value read from a file, for messages (never the whole of a huge value)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 6, 4, limit, limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
