@@ -228,15 +228,16 @@ class _Group:
 
 
 class _DocumentGroup(_Group):
-    """User data: a finite list of documents (or a lazy stream, read up to a token cap)."""
+    """User data: documents read lazily, only up to a token cap (8x what the windows need), so a huge file or
+    dataset costs no more than the samples asked for. `lazy` is kept for callers; every source is read this way."""
 
-    def __init__(self, category: str, describe: str, documents: Callable[[], Iterable[str]], lazy: bool = False):
+    def __init__(self, category: str, describe: str, documents: Callable[[], Iterable[str]], lazy: bool = True):
         super().__init__(category, describe)
         self._documents = documents
         self._lazy = lazy
 
     def windows(self, tokenizer, count, seq_len, rng, seed):
-        cap = 8 * count * seq_len + seq_len if self._lazy else None
+        cap = 8 * count * seq_len + seq_len
         stream = _token_stream(tokenizer, self._documents(), cap=cap, source=self.describe)
         if stream is None:
             raise CalibrationDataError(f"Calibration source {self.describe} is empty: it holds no text.")
@@ -343,7 +344,7 @@ def _file_group(path: Path) -> _Group:
     suffix = path.suffix.lower()
     describe = f"file {str(path)!r}"
     if suffix == ".txt":
-        return _DocumentGroup(path.stem, describe, lambda: [path.read_text(encoding="utf-8")])
+        return _DocumentGroup(path.stem, describe, lambda: [_Parts(_read_text_blocks(path))])
     if suffix == ".jsonl":
         return _DocumentGroup(path.stem, describe, lambda: _read_jsonl(path))
     if suffix == ".parquet":
@@ -354,10 +355,51 @@ def _file_group(path: Path) -> _Group:
     )
 
 
-def _read_jsonl(path: Path) -> list[str]:
-    texts: list[str] = []
+class _Parts:
+    """One document given in consecutive parts (a large file read block by block): tokenised without separators."""
+
+    def __init__(self, parts: Iterable[str]) -> None:
+        self.parts = parts
+
+
+_READ_BLOCK = 1 << 16  # characters read from a text file at a time
+
+
+def _not_text(path: Path, why: str) -> CalibrationDataError:
+    return CalibrationDataError(
+        f"Calibration data file {str(path)!r} is not a UTF-8 text file ({why}): give a .txt/.jsonl file of text "
+        "or a .parquet file with a 'text' column."
+    )
+
+
+def _read_text_blocks(path: Path) -> Iterator[str]:
+    """The text of a UTF-8 file in blocks, read only as far as they are consumed; binary files are refused."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            while True:
+                block = handle.read(_READ_BLOCK)
+                if not block:
+                    return
+                if "\x00" in block:
+                    raise _not_text(path, "it holds NUL bytes, as binary files do")
+                yield block
+    except UnicodeDecodeError as error:
+        raise _not_text(path, f"invalid byte at position {error.start}") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[str]:
+    """The 'text' field of each line, read lazily (only as far as the samples need)."""
+    try:
+        yield from _jsonl_texts(path)
+    except UnicodeDecodeError as error:
+        raise _not_text(path, f"invalid byte at position {error.start}") from None
+
+
+def _jsonl_texts(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
+            if "\x00" in line:
+                raise _not_text(path, f"line {number} holds NUL bytes, as binary files do")
             if not line.strip():
                 continue
             try:
@@ -379,12 +421,12 @@ def _read_jsonl(path: Path) -> list[str]:
                 raise CalibrationDataError(
                     f"{str(path)!r} line {number}: field {TEXT_FIELD!r} is {type(value).__name__}, not a string."
                 )
-            texts.append(value)
-    return texts
+            yield value
 
 
-def _read_parquet(path: Path) -> list[str]:
+def _read_parquet(path: Path) -> Iterator[str]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - depends on the environment
         raise CalibrationDataError(f"Reading {str(path)!r} needs pyarrow: pip install pyarrow.") from None
@@ -396,11 +438,13 @@ def _read_parquet(path: Path) -> list[str]:
         raise CalibrationDataError(
             f"{str(path)!r} has no {TEXT_FIELD!r} column (columns seen: {', '.join(map(repr, schema.names)) or 'none'})."
         )
-    column = pq.read_table(path, columns=[TEXT_FIELD]).column(TEXT_FIELD).to_pylist()
-    bad = next((i for i, v in enumerate(column) if v is not None and not isinstance(v, str)), None)
-    if bad is not None:
-        raise CalibrationDataError(f"{str(path)!r} row {bad}: column {TEXT_FIELD!r} holds non-string values.")
-    return [v for v in column if v is not None]
+    kind = schema.field(TEXT_FIELD).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise CalibrationDataError(f"{str(path)!r}: column {TEXT_FIELD!r} holds non-string values ({kind}).")
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=[TEXT_FIELD]):  # lazily, batch by batch
+        for value in batch.column(0).to_pylist():
+            if value is not None:
+                yield value
 
 
 def _is_hf_dataset(obj: Any) -> bool:
@@ -526,35 +570,95 @@ def _eos_ids(tokenizer: Any) -> list[int]:
     return [int(eos)] if isinstance(eos, int) and not isinstance(eos, bool) else []
 
 
-def _token_stream(tokenizer: Any, documents: Iterable[str], cap: int | None, source: str) -> np.ndarray | None:
-    """Documents tokenised and joined with eos; stops once ``cap`` tokens are read. None when there is no text."""
+_PART_CHARS = (1 << 16, 1 << 22)  # a long document is tokenised in parts of this many characters (min, max)
+_BARREN_CHARS = 1 << 20  # this much text without a single token: the tokenizer is broken (e.g. built empty)
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """End of a part of `text` from `start` of about `limit` characters, before a whitespace when there is one."""
+    end = start + limit
+    if end >= len(text):
+        return len(text)
+    lower = max(start + 1, end - 4096)
+    space = max(text.rfind(" ", lower, end), text.rfind("\n", lower, end), text.rfind("\t", lower, end))
+    return space if space > start else end
+
+
+def _pieces(documents: Iterable[Any], part_chars: int, source: str) -> Iterator[tuple[str, int]]:
+    """(text, document number) pieces: short documents whole, long ones (or _Parts) in parts of ~part_chars."""
+    for number, document in enumerate(documents):
+        if isinstance(document, _Parts):
+            parts: Iterable[str] = document.parts
+        elif isinstance(document, str):
+            if len(document) <= part_chars:
+                yield document, number
+                continue
+            parts = (document,)
+        else:
+            raise CalibrationDataError(f"{source} yielded a {type(document).__name__}, not a text.")
+        buffer, start = "", 0
+        for part in parts:
+            buffer = buffer[start:] + part if start < len(buffer) else part
+            start = 0
+            while len(buffer) - start > part_chars:
+                end = _cut(buffer, start, part_chars)
+                yield buffer[start:end], number
+                start = end
+        if start < len(buffer):
+            yield buffer[start:], number
+
+
+def _token_stream(tokenizer: Any, documents: Iterable[Any], cap: int | None, source: str) -> np.ndarray | None:
+    """Documents tokenised and joined with eos; stops once ``cap`` tokens are read. None when there is no text.
+
+    Only as much text is read and tokenised as the cap needs: documents are pulled one by one, and a long document
+    (or a file read in parts) is tokenised part by part. A tokenizer that gives no token for a lot of text (one built
+    without its vocabulary) is an error, never an endless loop over the endless builtin generators.
+    """
     eos = _eos_ids(tokenizer)
+    part_chars = min(max(16 * cap, _PART_CHARS[0]), _PART_CHARS[1]) if cap is not None else _PART_CHARS[1]
     pieces: list[np.ndarray] = []
     total = 0
-    iterator = iter(documents)
+    barren = 0  # characters of non-blank text tokenised since the last token
+    last_document = None
+    iterator = _pieces(documents, part_chars, source)
     chunk_size = 2  # grows to 256: few documents are tokenised past the cap, many are batched when no cap
     while True:
         chunk_size = min(2 * chunk_size, 256)
-        chunk = []
-        for document in iterator:
-            if not isinstance(document, str):
-                raise CalibrationDataError(f"{source} yielded a {type(document).__name__}, not a text.")
-            if document.strip():
-                chunk.append(document)
+        chunk: list[tuple[str, int]] = []
+        for text, number in iterator:
+            if text.strip():
+                chunk.append((text, number))
             if len(chunk) >= chunk_size:
                 break
         if not chunk:
             break
-        for ids in _encode(tokenizer, chunk):
+        for (text, number), ids in zip(chunk, _encode(tokenizer, [text for text, _ in chunk])):
             if not ids:
+                barren += len(text)
                 continue
-            if pieces and eos:
+            barren = 0
+            if pieces and eos and number != last_document:
                 pieces.append(np.asarray(eos, dtype=np.int64))
                 total += len(eos)
             pieces.append(np.asarray(ids, dtype=np.int64))
             total += len(ids)
+            last_document = number
+        if barren > _BARREN_CHARS:
+            break
         if cap is not None and total >= cap:
             break
+    if not pieces and barren:
+        raise CalibrationDataError(
+            f"The tokenizer produced no tokens for {barren} characters of text from {source}: it is empty or does "
+            "not fit this text. Check that the model folder holds its tokenizer files (tokenizer.json or "
+            "tokenizer.model with tokenizer_config.json)."
+        )
+    if barren > _BARREN_CHARS:
+        raise CalibrationDataError(
+            f"The tokenizer produced no tokens for the last {barren} characters of text from {source}: check the "
+            "model's tokenizer files and the data."
+        )
     if not pieces:
         return None
     return np.concatenate(pieces)
