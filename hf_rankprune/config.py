@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .utils import shown
+
 NORMS = ("nuclear", "frobenius")
 RANK_METRICS = ("threshold", "stable", "entropy")
 SCORES = ("joint", "rank", "norm", "random")
@@ -95,18 +97,18 @@ class RankPruneConfig:
         _int(self, "seed")
         if self.grid is not None:
             if not isinstance(self.grid, (list, tuple)) or not self.grid:
-                raise ConfigError(f"grid={self.grid!r} is not allowed: give a non-empty list of token positions.")
+                raise ConfigError(f"grid={shown(self.grid)} is not allowed: give a non-empty list of token positions.")
             for position in self.grid:
                 if isinstance(position, bool) or not isinstance(position, int) or position < 1:
-                    raise ConfigError(f"grid={self.grid!r} is not allowed: every position must be an int >= 1.")
+                    raise ConfigError(f"grid={shown(self.grid)} is not allowed: every position must be an int >= 1.")
             if list(self.grid) != sorted(set(self.grid)):
-                raise ConfigError(f"grid={self.grid!r} is not allowed: positions must be strictly increasing.")
+                raise ConfigError(f"grid={shown(self.grid)} is not allowed: positions must be strictly increasing.")
             self.grid = list(self.grid)
         if self.data is not None:
             if isinstance(self.data, str):
                 self.data = [self.data]
             if not isinstance(self.data, list) or not all(isinstance(d, str) and d for d in self.data):
-                raise ConfigError(f"data={self.data!r} is not allowed: give a list of non-empty strings or None.")
+                raise ConfigError(f"data={shown(self.data)} is not allowed: give a list of non-empty strings or None.")
         _number(self, "rank_eps", low=0.0, high=1.0, low_open=True, high_open=True)
         _choice(self, "norm", NORMS)
         _choice(self, "rank_metric", RANK_METRICS)
@@ -128,7 +130,7 @@ class RankPruneConfig:
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers
         ):
             raise ConfigError(
-                f"protected_layers={self.protected_layers!r} is not allowed: give a list of layer indices (ints >= 0)."
+                f"protected_layers={shown(self.protected_layers)} is not allowed: give a list of layer indices (ints >= 0)."
             )
         self.protected_layers = list(self.protected_layers)
 
@@ -181,7 +183,7 @@ class RankPruneConfig:
 
 
 def _fail(config: RankPruneConfig, name: str, allowed: str) -> None:
-    raise ConfigError(f"{name}={getattr(config, name)!r} is not allowed: {allowed}.")
+    raise ConfigError(f"{name}={shown(getattr(config, name))} is not allowed: {allowed}.")
 
 
 def _int(config: RankPruneConfig, name: str) -> None:

@@ -54,6 +54,7 @@ import torch
 import yaml
 
 from .config import ConfigError, RankPruneConfig
+from .utils import shown
 
 if TYPE_CHECKING:
     from .plan import PrunePlan
@@ -76,8 +77,56 @@ EVALUATION_TASKS = ("perplexity", "passkey", "memory", "speed")  # hf_rankprune.
 _STRING_SOURCE = "<recipe>"
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes; more is a mistake (or an attack)
+MAX_RECIPE_NODES = 10_000  # values a recipe may hold once its aliases are expanded (refused before construction)
+
+
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that resolves `1e-4` to a float (YAML 1.2), so `rank_eps: 1e-4` means what its writer meant."""
+    """SafeLoader that resolves `1e-4` to a float (YAML 1.2), so `rank_eps: 1e-4` means what its writer meant, and
+    that refuses documents whose aliases expand beyond MAX_RECIPE_NODES values ("billion laughs") or refer to
+    themselves, before anything is constructed."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+class _ExpansionError(yaml.YAMLError):
+    pass
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the values `root` expands to (each alias counted as often as it is used), stopping at the limit."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise _ExpansionError("an anchor refers to itself (a recursive alias): recipes cannot be recursive")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_RECIPE_NODES:
+                raise _ExpansionError(
+                    f"it expands to more than {MAX_RECIPE_NODES} values (aliases of anchors nest too deep): write the "
+                    "values out instead of nesting aliases"
+                )
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 _RecipeLoader.add_implicit_resolver(
@@ -168,9 +217,13 @@ def load_recipe(recipe: Recipe | dict | str | os.PathLike) -> Recipe:
         text, source = _read(recipe)
         try:
             data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader)
+        except _ExpansionError as error:
+            raise RecipeError(f"{source}: refused: {error}.") from None
         except yaml.YAMLError as error:
-            detail = " ".join(str(error).split())
-            raise RecipeError(f"{source}: not valid YAML: {detail}") from error
+            detail = shown(" ".join(str(error).split()), 400)
+            raise RecipeError(f"{source}: not valid YAML: {detail}") from None
+        except RecursionError:
+            raise RecipeError(f"{source}: refused: values nest too deep for a recipe.") from None
         if data is None:
             raise RecipeError(f"{source}: the recipe is empty.")
         return _parse(data, source)
@@ -181,15 +234,27 @@ def _read(recipe: str | os.PathLike) -> tuple[str, str]:
     text = os.fspath(recipe)
     looks_like_path = isinstance(recipe, os.PathLike) or ("\n" not in text and (
         text.endswith((".yaml", ".yml")) or Path(text).expanduser().is_file()))  # fmt: skip
+    too_big = f"the recipe is larger than {MAX_RECIPE_BYTES} bytes; a recipe is a short YAML file"
     if not looks_like_path:
+        if len(text) > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{_STRING_SOURCE}: {too_big}.")
         return text, _STRING_SOURCE
     path = Path(text).expanduser()
+    if path.is_dir():
+        raise RecipeError(f"{text}: is a folder: give the recipe's YAML file.")
     if not path.is_file():
         raise RecipeError(f"{text}: no such recipe file.")
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{text}: {too_big}.")
         return path.read_text(encoding="utf-8"), text
     except (OSError, UnicodeDecodeError) as error:
-        raise RecipeError(f"{text}: cannot read the recipe: {error}") from error
+        raise RecipeError(f"{text}: cannot read the recipe: {shown(str(error), 200)}") from error
+
+
+def _key(key: str, limit: int = 60) -> str:
+    """A key of the recipe as written, cut short if it is long (for messages)."""
+    return key if len(key) <= limit else key[: limit - 3] + "..."
 
 
 def _type_name(value: Any) -> str:
@@ -198,10 +263,10 @@ def _type_name(value: Any) -> str:
 
 def _mapping(value: Any, where: str, source: str) -> dict:
     if not isinstance(value, dict):
-        raise RecipeError(f"{source}: {where} must be a mapping, got {_type_name(value)} {value!r}.")
+        raise RecipeError(f"{source}: {where} must be a mapping, got {_type_name(value)} {shown(value)}.")
     bad = [k for k in value if not isinstance(k, str)]
     if bad:
-        raise RecipeError(f"{source}: {where} has non-string keys {bad}.")
+        raise RecipeError(f"{source}: {where} has non-string keys {shown(bad)}.")
     return value
 
 
@@ -210,7 +275,7 @@ def _unknown(values: dict, allowed: tuple[str, ...], where: str, source: str, hi
     if unknown:
         prefix = f"{where}." if where else ""
         raise RecipeError(
-            f"{source}: unknown key {prefix}{unknown[0]}; allowed {'here ' if where else 'at the top level '}are "
+            f"{source}: unknown key {prefix}{_key(unknown[0])}; allowed {'here ' if where else 'at the top level '}are "
             f"{list(allowed)}.{hint}"
         )
 
@@ -218,7 +283,7 @@ def _unknown(values: dict, allowed: tuple[str, ...], where: str, source: str, hi
 def _optional_str(values: dict, key: str, where: str, source: str) -> str | None:
     value = values.get(key)
     if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise RecipeError(f"{source}: {where}{key}={value!r} is not allowed: give a non-empty string or null.")
+        raise RecipeError(f"{source}: {where}{key}={shown(value)} is not allowed: give a non-empty string or null.")
     return value
 
 
@@ -230,19 +295,19 @@ def _parse(data: Any, source: str) -> Recipe:
     if len(stages) != 1:
         raise RecipeError(
             f"{source}: a recipe needs exactly one '<name>_stage' holding one '<name>_modifiers' group with a "
-            f"{MODIFIER_NAME}; found {len(stages)} stages {stages}."
+            f"{MODIFIER_NAME}; found {len(stages)} stages {shown(stages)}."
         )
     stage = stages[0]
     groups = _mapping(data[stage], stage, source)
     if len(groups) != 1 or not next(iter(groups)).endswith("modifiers"):
         raise RecipeError(
-            f"{source}: {stage} must hold exactly one '<name>_modifiers' group; found keys {list(groups)}."
+            f"{source}: {stage} must hold exactly one '<name>_modifiers' group; found keys {shown(list(groups))}."
         )
     group = next(iter(groups))
     modifiers = _mapping(groups[group], f"{stage}.{group}", source)
     if list(modifiers) != [MODIFIER_NAME]:
         extra = [m for m in modifiers if m != MODIFIER_NAME]
-        what = f"unknown modifier {stage}.{group}.{extra[0]}" if extra else f"{stage}.{group} is empty"
+        what = f"unknown modifier {stage}.{group}.{_key(extra[0])}" if extra else f"{stage}.{group} is empty"
         raise RecipeError(f"{source}: {what}; this package runs exactly one {MODIFIER_NAME}.")
     path = f"{stage}.{group}.{MODIFIER_NAME}"
     kwargs = modifiers[MODIFIER_NAME]
@@ -266,7 +331,7 @@ def _parse(data: Any, source: str) -> Recipe:
 
     start_step = kwargs.get("start_step")
     if start_step is not None and (isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0):
-        raise RecipeError(f"{source}: {path}.start_step={start_step!r} is not allowed: it must be an integer >= 0.")
+        raise RecipeError(f"{source}: {path}.start_step={shown(start_step)} is not allowed: it must be an integer >= 0.")
 
     recipe = Recipe(
         config=config,
@@ -307,7 +372,7 @@ def _architecture(value: Any, source: str) -> list[str] | None:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise RecipeError(
-            f"{source}: architecture={value!r} is not allowed: give a model_type or a list of model_types."
+            f"{source}: architecture={shown(value)} is not allowed: give a model_type or a list of model_types."
         )
     from .arch import supported_model_types
 
@@ -315,7 +380,7 @@ def _architecture(value: Any, source: str) -> list[str] | None:
     unknown = [n for n in names if n not in supported]
     if unknown:
         raise RecipeError(
-            f"{source}: architecture={value!r} is not allowed: {unknown} {'is' if len(unknown) == 1 else 'are'} "
+            f"{source}: architecture={shown(value)} is not allowed: {shown(unknown)} {'is' if len(unknown) == 1 else 'are'} "
             f"not a supported model_type; choose from {supported}."
         )
     return list(names)
@@ -329,21 +394,21 @@ def _evaluation(value: Any, source: str) -> dict[str, Any] | None:
     tasks = value.get("tasks")
     if not isinstance(tasks, list) or not tasks or not all(t in EVALUATION_TASKS for t in tasks):
         raise RecipeError(
-            f"{source}: evaluation.tasks={tasks!r} is not allowed: give a non-empty list from {list(EVALUATION_TASKS)}."
+            f"{source}: evaluation.tasks={shown(tasks)} is not allowed: give a non-empty list from {list(EVALUATION_TASKS)}."
         )
     for key in ("num_keys", "context_length", "seed", "window", "max_tokens", "batch_size"):
         item = value.get(key)
         if item is not None and (isinstance(item, bool) or not isinstance(item, int) or item < (0 if key == "seed"
                                                                                                 else 1)):  # fmt: skip
-            raise RecipeError(f"{source}: evaluation.{key}={item!r} is not allowed: it must be a positive integer.")
+            raise RecipeError(f"{source}: evaluation.{key}={shown(item)} is not allowed: it must be a positive integer.")
     lengths = value.get("lengths")
     if lengths is not None and (not isinstance(lengths, list) or not lengths or not all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths)):  # fmt: skip
-        raise RecipeError(f"{source}: evaluation.lengths={lengths!r} is not allowed: give a list of positive ints.")
+        raise RecipeError(f"{source}: evaluation.lengths={shown(lengths)} is not allowed: give a list of positive ints.")
     depths = value.get("depths")
     if depths is not None and (not isinstance(depths, list) or not depths or not all(
             isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1 for d in depths)):  # fmt: skip
-        raise RecipeError(f"{source}: evaluation.depths={depths!r} is not allowed: give a list of numbers in [0, 1].")
+        raise RecipeError(f"{source}: evaluation.depths={shown(depths)} is not allowed: give a list of numbers in [0, 1].")
     return copy.deepcopy(value)
 
 
@@ -355,11 +420,11 @@ def _push_to_hub(value: Any, source: str) -> dict[str, Any] | None:
     repo_id = value.get("repo_id")
     if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise RecipeError(
-            f"{source}: push_to_hub.repo_id={repo_id!r} is not allowed: give a repo id like 'namespace/name'."
+            f"{source}: push_to_hub.repo_id={shown(repo_id)} is not allowed: give a repo id like 'namespace/name'."
         )
     private = value.get("private")
     if private is not None and not isinstance(private, bool):
-        raise RecipeError(f"{source}: push_to_hub.private={private!r} is not allowed: give true or false.")
+        raise RecipeError(f"{source}: push_to_hub.private={shown(private)} is not allowed: give true or false.")
     return dict(value)
 
 
@@ -554,7 +619,7 @@ class RankPruneCallback(TrainerCallback):
                 f"set {self.recipe.modifier_path}.start_step)."
             )
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise RecipeError(f"start_step={step!r} is not allowed: it must be an integer >= 0.")
+            raise RecipeError(f"start_step={shown(step)} is not allowed: it must be an integer >= 0.")
         self.start_step = step
         self.tokenizer = tokenizer
         self.data = data
