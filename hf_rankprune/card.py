@@ -80,6 +80,7 @@ def build_model_card(
     repo_id: str | None = None,
     figures: Sequence[str] = (),
     template_path: str | os.PathLike | None = None,
+    vision_language: bool = False,
 ) -> ModelCard:
     """Render the card of a model pruned by `plan` (relative to the original model).
 
@@ -96,6 +97,7 @@ def build_model_card(
         repo_id: the repo the card will live in (used in the loading snippets).
         figures: file names under `figures/` to show.
         template_path: a Jinja2 template (default: `model_cards/pruned_model_card.md`).
+        vision_language: the model is a vision-language model (loaded with `AutoModelForImageTextToText`).
     """
     from . import __version__
 
@@ -124,7 +126,7 @@ def build_model_card(
         base_model=base_model,
         base_model_relation=BASE_MODEL_RELATION if base_model else None,
         library_name="transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag="image-text-to-text" if vision_language else "text-generation",
         tags=[*TAGS, family, f"arxiv:{PAPER_ARXIV}"],
         eval_results=eval_results or None,
         model_name=name if eval_results else None,
@@ -147,6 +149,7 @@ def build_model_card(
         "total_heads": plan.num_value_heads,
         "removed_percent": percent,
         "uniform": plan.is_uniform,
+        "auto_class": "AutoModelForImageTextToText" if vision_language else "AutoModelForCausalLM",
         "version": __version__,
         "settings": _Settings(settings),
         "direction_text": _direction_text(settings),
@@ -239,6 +242,7 @@ def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | 
         recipe=getattr(pruner, "recipe", None),
         context_length=context_length,
         repo_id=repo_id,
+        vision_language=getattr(model.config, "vision_config", None) is not None,
     )
 
 

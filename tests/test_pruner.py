@@ -121,3 +121,26 @@ def test_cli_prune_and_bad_inputs(tiny_model_dir, tmp_path, capsys):
     assert code == 2 and "made for another model" in captured.err
     code, captured = run_cli(capsys, "prune", tiny_model_dir, "--out", out)
     assert code == 2 and "exists and is not empty" in captured.err
+
+
+def test_a_model_that_cannot_carry_a_ragged_plan_is_refused_before_any_work():
+    """A subclass the package has no ragged counterpart for: per-layer budgets are refused up front (uniform works),
+    and `apply_plan` with a ragged plan leaves the model untouched."""
+    from transformers import Qwen3_5ForCausalLM
+
+    from hf_rankprune.surgery import apply_plan
+
+    class MyQwen(Qwen3_5ForCausalLM):
+        pass
+
+    model = MyQwen(build_tiny_model("qwen3_5").config).eval()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    for budget in ("global", "per_layer"):
+        with pytest.raises(PlanError, match="cannot carry a ragged"):
+            RankPruner.from_pretrained(model, tokenizer=build_tiny_tokenizer(), budget=budget, **SMALL)
+    with pytest.raises(PlanError, match="cannot carry a ragged"):
+        apply_plan(model, PrunePlan.from_kept_heads(model, {0: [0, 1, 2], 1: [3, 4, 5, 6, 7]}))
+    after = model.state_dict()
+    assert type(model) is MyQwen and before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    RankPruner.from_pretrained(model, tokenizer=build_tiny_tokenizer(), budget="uniform", **SMALL)

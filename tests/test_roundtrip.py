@@ -225,7 +225,9 @@ def test_prune_command_keeps_a_vision_language_model_whole(tmp_path):
     code = main([*args, "--num-samples", "2", "--seq-len", "64", "--quiet", "--base-model", "org/tiny-vl"])
     assert code == 0
     assert (out / "preprocessor_config.json").read_text() == (source / "preprocessor_config.json").read_text()
-    assert "base_model: org/tiny-vl" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "base_model: org/tiny-vl" in card and "pipeline_tag: image-text-to-text" in card
+    assert "AutoModelForImageTextToText.from_pretrained" in card and "AutoModelForCausalLM" not in card
     original = AutoModelForImageTextToText.from_pretrained(source)
     pruned, info = AutoModelForImageTextToText.from_pretrained(out, output_loading_info=True)
     assert type(pruned).__name__ == "Qwen3_5RankPrunedForConditionalGeneration"
