@@ -82,7 +82,7 @@ def _check_path(path: str | os.PathLike | None, inputs: Iterable[str | os.PathLi
 
 def _check_creatable(target: Path, what: str) -> None:
     """Refuse an output whose folder cannot be created or written (missing permission, read-only filesystem)."""
-    ancestor = target.absolute().parent
+    ancestor = Path(os.path.abspath(target)).parent
     while not ancestor.exists():
         if ancestor.is_symlink():  # a dangling link in the way
             raise OutputPathError(f"Cannot create the {what} {str(target)!r}: {str(ancestor)!r} is a broken link.")
@@ -240,8 +240,7 @@ def atomic_output_dir(
     overlap never mix their files: the last to finish wins with its whole folder, and one without `overwrite` never
     replaces a folder that appeared meanwhile.
     """
-    check_output_dir(path, overwrite, inputs)
-    path = Path(path).expanduser().absolute()
+    path = Path(os.path.abspath(check_output_dir(path, overwrite, inputs)))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path.name, "tmp"), dir=path.parent))
@@ -281,6 +280,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to a temporary sibling, then rename it over `path`: readers never see half a file."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     handle, staging = tempfile.mkstemp(prefix=_temporary_prefix(path.name, "tmp"), dir=path.parent)
     try:
         os.fchmod(handle, 0o666 & ~_umask())
