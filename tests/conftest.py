@@ -122,6 +122,24 @@ def save_tiny_model(family: str, path: Path, vision: bool = False, **overrides) 
 
 
 @pytest.fixture(scope="session")
+def load_tiny_checkpoint(tmp_path_factory):
+    """`load(family, vision=False)`: a fresh model loaded, as users do, from a tiny checkpoint saved on disk once per
+    session (loaded models carry transformers' checkpoint conversion, in-memory ones do not)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    root = tmp_path_factory.mktemp("tiny_checkpoints")
+
+    def load(family: str, vision: bool = False) -> torch.nn.Module:
+        folder = root / f"{family}{'_vl' if vision else ''}"
+        if not folder.exists():
+            save_tiny_model(family, folder, vision=vision)
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        return auto.from_pretrained(folder, dtype=torch.float32).eval()
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny Qwen3.5 model folder with its tokenizer, shared by the command-line tests."""
     return save_tiny_model("qwen3_5", tmp_path_factory.mktemp("tiny_qwen3_5"))
