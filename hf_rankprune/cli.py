@@ -1,7 +1,8 @@
 """The `hf-rankprune` command line.
 
-Every command checks its inputs before doing any work; a bad input prints one `error: ...` line and exits with 2,
-leaving nothing written.
+Every command checks its inputs and its output path before doing any work; a bad input prints one `error: ...` line
+and exits with 2, leaving nothing written. A runtime fault (disk full, I/O error, out of memory) exits with 1, Ctrl-C
+with 130 and SIGTERM with 143, each with one `error:` line, after removing the unfinished output.
 """
 
 from __future__ import annotations
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(analyze)
     _add_calibration_arguments(analyze)
     analyze.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    analyze.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    analyze.add_argument("--overwrite", action="store_true", help="replace an earlier output of hf-rankprune there")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(handler=_analyze)
 
@@ -373,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="YAML recipe with the model, calibration and pruning settings (flags override it)")
     prune.add_argument("--out", default=None, help="output model folder (must not exist or be empty; default: the "
                        "recipe's output_dir)")  # fmt: skip
-    prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--overwrite", action="store_true", help="replace an earlier output of hf-rankprune there")
     prune.add_argument("--base-model", default=None, metavar="ID", help="Hub id the model card names as the base "
                        "model (default: MODEL's id, also for a folder of the Hub cache)")  # fmt: skip
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -384,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="comma-separated tasks (default: all four)")  # fmt: skip
     _add_eval_arguments(evaluate)
     evaluate.add_argument("--out", required=True, help="results JSON file")
-    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier results file there")
     evaluate.set_defaults(handler=_eval)
 
     probe = commands.add_parser("probe", help="which heads can this model spare? high vs low vs random vs JRNP")
@@ -396,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--probe-heads", type=int, default=None, help="heads removed per variant (default: the budget)")
     probe.add_argument("--seeds", default="0,1,2", help="seeds of the random control (default 0,1,2)")
     probe.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    probe.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    probe.add_argument("--overwrite", action="store_true", help="replace an earlier output of hf-rankprune there")
     probe.add_argument("--quiet", action="store_true", help="no progress bar")
     probe.set_defaults(handler=_probe)
 
