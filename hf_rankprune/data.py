@@ -175,8 +175,11 @@ def load_calibration_samples(
     Within a group, documents are tokenised without special tokens and concatenated with the tokenizer's eos
     token between them (nothing when it has none); windows are drawn without overlap, at positions chosen by a
     numpy Generator seeded from ``(seed, category, group index)``, so the same inputs give the same samples in
-    every run and process. A group whose data holds fewer windows than it needs is cycled (with a warning for
-    user data; builtin categories generate more text instead). User data shorter than one window is an error.
+    every run and process. Every source is read lazily and only as far as needed: about 8x the tokens its windows
+    need (so the windows of a very large file come from its beginning), long documents and .txt files tokenised in
+    parts; a binary file and a tokenizer that yields no tokens are errors. A group whose data holds fewer windows
+    than it needs is cycled (with a warning for user data; builtin categories generate more text instead). User
+    data shorter than one window is an error.
     The repetition categories are made by tiling the token ids of one unit (a rare character, or " <number>"),
     so they are exactly periodic whatever the tokenizer.
 
