@@ -509,7 +509,7 @@ def apply_recipe(model: torch.nn.Module, recipe: Recipe | RankPruneConfig | dict
     `load_calibration_samples` takes (default: the recipe's calibration data, tokenised with `tokenizer`).
     `optimizer` (over `model`'s parameters) follows the pruning: see `retarget_optimizer`."""
     from .pruner import RankPruner
-    from .surgery import apply_plan
+    from .surgery import apply_plan, model_plan
 
     recipe = Recipe(config=recipe) if isinstance(recipe, RankPruneConfig) else load_recipe(recipe)
     check_architecture(recipe, model)
@@ -521,7 +521,8 @@ def apply_recipe(model: torch.nn.Module, recipe: Recipe | RankPruneConfig | dict
     try:
         with torch.no_grad():
             pruner.calibrate(_samples(data), progress=False)
-            plan = apply_plan(model, pruner.plan(), carry=list(state.values()))
+            apply_plan(model, pruner.plan(), carry=list(state.values()))
+            plan = model_plan(model)
     finally:
         model.train(was_training)
     if optimizer is not None:

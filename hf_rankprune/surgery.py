@@ -25,12 +25,14 @@ from .utils import atomic_output_dir, check_output_dir
 PLAN_FILE = "prune_plan.json"
 
 
-def apply_plan(model: nn.Module, plan: PrunePlan, carry: Sequence[dict[str, torch.Tensor]] = ()) -> PrunePlan:
-    """Physically remove the heads `plan` drops from `model` (in place). `plan` indexes the heads of `model` as it is
-    now; the returned plan, also stored in `model.config.rankprune_plan`, is relative to the original model.
-    `carry`: {parameter name: tensor of its shape} mappings (e.g. optimizer moments), sliced in place like the
-    weights."""
-    return get_adapter(model).apply_plan(plan, carry)
+def apply_plan(model: nn.Module, plan: PrunePlan, carry: Sequence[dict[str, torch.Tensor]] = ()) -> nn.Module:
+    """Physically remove the heads `plan` drops from `model`, in place, and return the model (as transformers' and
+    peft's model transforms do: `model = apply_plan(model, plan)`). `plan` indexes the heads of `model` as it is now;
+    the plan relative to the original model is stored in `model.config.rankprune_plan` (read it with
+    `model_plan(model)`). `carry`: {parameter name: tensor of its shape} mappings (e.g. optimizer moments), sliced in
+    place like the weights."""
+    get_adapter(model).apply_plan(plan, carry)
+    return model
 
 
 def model_plan(model_or_config) -> PrunePlan | None:

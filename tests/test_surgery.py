@@ -25,7 +25,9 @@ def test_pruned_model_equals_zeroed_reference(family, kind):
     reference = zeroed_reference(model, kept)
     plan = PrunePlan.from_kept_heads(model, kept, settings={"kind": kind})
     assert plan.is_uniform == (kind in UNIFORM)
-    recorded = apply_plan(model, plan)
+    returned = apply_plan(model, plan)
+    assert returned is model  # pruned in place and returned, as transformers / peft transforms do
+    recorded = model_plan(model)
     assert_same_outputs(model, reference)
 
     layers = {info.index: info for info in get_adapter(model).linear_layers()}
@@ -71,7 +73,8 @@ def test_pruning_twice_composes(first_kind, second):
     first = PrunePlan.from_kept_heads(model, PLANS[first_kind])
     apply_plan(model, first)
     plan2 = PrunePlan.from_kept_heads(model, second)
-    total = apply_plan(model, plan2)
+    assert apply_plan(model, plan2) is model
+    total = model_plan(model)
     assert model_plan(model).to_dict() == total.to_dict()
     expected = first.compose(plan2)
     assert total.layers == expected.layers
