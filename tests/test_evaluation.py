@@ -258,3 +258,54 @@ def test_demo_model_retrieves_passkeys_at_512():
     assert model.config.model_type == "qwen3_5_text"
     out = evaluate_model(model, tok, tasks=("passkey",), lengths=(512,), depths=(0.1, 0.5, 0.9), num_keys=4, seed=3)
     assert out["passkey.accuracy@512"] >= 0.9
+
+
+# ------------------------------------------------------------------------------------------ held-out text
+def test_heldout_text_is_packaged_held_out_and_large_enough(monkeypatch):
+    """Perplexity reads the held-out text shipped in the package: the same documents on every machine (no Debian
+    package read), all of them held out from the demo model's training, >= 20,000 tokens of the demo tokenizer."""
+    from transformers import AutoTokenizer
+
+    from hf_rankprune.evaluation import texts
+
+    assert texts.HELDOUT_PATH.is_file() and texts.HELDOUT_PATH.name.endswith(".gz")
+    for name in ("FORTUNES_DIR", "DEVIL_DICT", "PYDOC_SOURCES"):  # as on a machine without those packages
+        monkeypatch.setattr(texts, name, Path("/nonexistent"))
+    documents = texts.heldout_documents()
+    assert all(texts.is_heldout(doc_id) for doc_id, _ in documents)
+    assert {doc_id.split(":")[0] for doc_id, _ in documents} >= {"pydoc", "pydoc-rst", "fortunes"}
+    tok = AutoTokenizer.from_pretrained(DEMO)
+    count = sum(len(tok.encode(text, add_special_tokens=False)) + 1 for text in texts.heldout_texts())
+    assert 20_000 <= count <= 40_000
+    assert texts.HELDOUT_PATH.stat().st_size < 64 * 1024
+
+
+def test_heldout_text_is_package_data():
+    """The wheel carries the asset: pyproject's package-data globs match its path."""
+    import fnmatch
+    tomllib = pytest.importorskip("tomllib")
+
+    from hf_rankprune.evaluation import texts
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    relative = texts.HELDOUT_PATH.relative_to(root / "hf_rankprune").as_posix()
+    assert any(fnmatch.fnmatch(relative, p.replace("**/", "")) or fnmatch.fnmatch(relative, p) for p in
+               patterns["hf_rankprune"])
+
+
+def test_perplexity_shortfall_is_a_warning_with_the_count():
+    probs = torch.full((8,), 1 / 8)
+    model, tok = FixedDistributionLM(probs), CharTokenizer(8)
+    with pytest.warns(UserWarning, match=r"only 12 tokens, fewer than the 1,000 requested"):
+        out = evaluate_model(model, tok, tasks=("perplexity",), texts=["abcdefghijk"], window=5, max_tokens=1000)
+    assert out["perplexity.max_tokens"] == 1000 and out["perplexity.window"] == 5
+    assert out["perplexity.num_tokens"] == 12 - 3  # 3 windows of 5, 5, 2 tokens; each window's first is context
+
+
+def test_results_state_the_examples_behind_each_passkey_figure():
+    probs = torch.full((128,), 1 / 128)
+    model, tok = FixedDistributionLM(probs, max_positions=4096), CharTokenizer(128)
+    out = evaluate_model(model, tok, tasks=("passkey",), lengths=(256, 300), depths=(0.5,), num_keys=3)
+    assert out["passkey.num_examples"] == 6
+    assert out["passkey.num_examples@256"] == out["passkey.num_examples@300"] == 3

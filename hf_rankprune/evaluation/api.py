@@ -13,6 +13,7 @@ import inspect
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -139,6 +140,13 @@ def token_log_probs(
             break
     if max_tokens is not None:
         stream = stream[:max_tokens]
+        if len(stream) < max_tokens:
+            warnings.warn(
+                f"perplexity: the held-out text has only {len(stream):,} tokens, fewer than the {max_tokens:,} "
+                f"requested (max_tokens); the perplexity rests on those {len(stream):,} tokens.",
+                UserWarning,
+                stacklevel=2,
+            )
     if len(stream) < 2:
         raise ValueError("perplexity needs at least 2 tokens of text")
     # (start, first scored position within the window) for every window
@@ -291,7 +299,7 @@ def evaluate_model(
     texts: Iterable[str] | None = None,
     window: int = 512,
     stride: int | None = None,
-    max_tokens: int | None = 50_000,
+    max_tokens: int | None = 30_000,
     batch_size: int = 1,
     num_digits: int = 5,
     filler: Sequence[str] = pk.DEFAULT_FILLER,
@@ -303,12 +311,13 @@ def evaluate_model(
 ) -> dict:
     """Evaluate `model` on `tasks`; returns a flat dict keyed `"<task>.<metric>"`.
 
-    - perplexity: held-out `texts` (default: the held-out split of `hf_rankprune.evaluation.texts`) cut into
-      windows of `window` tokens (`stride` < `window`: sliding windows), at most `max_tokens` tokens.
-      Keys: perplexity, mean_nll, num_tokens.
+    - perplexity: held-out `texts` (default: the packaged held-out text of `hf_rankprune.evaluation.texts`,
+      31,121 tokens of the demo tokenizer) cut into windows of `window` tokens (`stride` < `window`: sliding
+      windows), at most `max_tokens` tokens; fewer tokens than `max_tokens` is a warning with the count.
+      Keys: perplexity, mean_nll, num_tokens (tokens scored), max_tokens (requested), window.
     - passkey: `num_keys` keys at each of `lengths` x `depths` (tokens, fraction of filler before the needle),
       greedy cached decoding; exact match of the first digits generated. Keys: accuracy, accuracy@<length>,
-      accuracy@depth<depth>, num_examples.
+      accuracy@depth<depth>, num_examples, num_examples@<length>.
     - memory: linear-state, conv-state and KV-cache bytes for `batch_size` sequences at `context_length`
       (default: max(lengths)), head counts read per layer from the modules. Keys: linear_state_bytes,
       conv_state_bytes, kv_cache_bytes, total_bytes, linear_value_heads, ...
@@ -330,6 +339,9 @@ def evaluate_model(
                 texts = heldout_texts()
             log_probs = token_log_probs(model, tokenizer, texts, window=window, stride=stride, max_tokens=max_tokens)
             _merge(results, "perplexity", load_metric("perplexity").compute(log_probs=log_probs))
+            if max_tokens is not None:
+                results["perplexity.max_tokens"] = int(max_tokens)
+            results["perplexity.window"] = window
         if "passkey" in tasks:
             samples = pk.evaluation_samples(tokenizer, lengths, depths, num_keys, seed, num_digits, filler)
             eos = getattr(tokenizer, "eos_token_id", None)
@@ -345,6 +357,8 @@ def evaluate_model(
                 depths=[s.depth for s in samples],
             )
             _merge(results, "passkey", scores)
+            for length in lengths:
+                results[f"passkey.num_examples@{int(length)}"] = sum(s.length == length for s in samples)
         if "memory" in tasks:
             rows = memory_layers(model)
             kv_bytes = kv_dtype_bytes or _dtype_bytes(model)
