@@ -43,9 +43,9 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
         help="calibration data: a .txt/.jsonl/.parquet file, 'builtin', 'builtin:<category>' or 'hf:<dataset>' "
         "(repeatable; default: the built-in offline context suite)",
     )
-    parser.add_argument("--num-samples", type=int, default=None, help=f"default {defaults.num_samples}")
-    parser.add_argument("--seq-len", type=int, default=None, help=f"default {defaults.seq_len}")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"default {defaults.batch_size}")
+    parser.add_argument("--num-samples", type=int, default=None, help=f"default {defaults.num_samples} (16 for the demo model)")
+    parser.add_argument("--seq-len", type=int, default=None, help=f"default {defaults.seq_len} (512 for the demo model)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default {defaults.batch_size} (4 for the demo model)")
     parser.add_argument("--grid-step", type=int, default=None, help=f"default {defaults.grid_step}")
     parser.add_argument("--rank-eps", type=float, default=None, help=f"default {defaults.rank_eps}")
     parser.add_argument("--seed", type=int, default=None, help=f"default {defaults.seed}")
@@ -62,7 +62,11 @@ def _config_from_args(args: argparse.Namespace, base: RankPruneConfig | None = N
         "data": "data",
     }
     overrides = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
-    return (base or RankPruneConfig()).replace(**overrides)
+    if base is None:  # the embedded demo model gets its recipe's calibration size (16 x 512), other models 64 x 2048
+        from .pruner import default_config
+
+        base = default_config(resolve_model_path(getattr(args, "model", None)))
+    return base.replace(**overrides)
 
 
 def _run_inputs(args: argparse.Namespace, model_path: str | None, config: RankPruneConfig | None = None) -> list:
@@ -98,7 +102,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import BUDGETS, DIRECTIONS, NORMS, SCORES
+    from .config import BUDGETS, DIRECTIONS, NORMS, SCORES, UNIFORM_ROUNDINGS
 
     defaults = RankPruneConfig()
     parser.add_argument("--ratio", type=float, default=None, help=f"fraction of value heads to remove "
@@ -114,15 +118,23 @@ def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-heads-per-layer", type=int, default=None,
                         help=f"default {defaults.min_heads_per_layer}")  # fmt: skip
     parser.add_argument("--protected-layers", default=None, help="comma-separated layer indices never pruned")
+    parser.add_argument("--uniform-rounding", choices=UNIFORM_ROUNDINGS, default=None,
+                        help="with --budget uniform, which achievable head count to take when the request is not one: "
+                        "'down' (nearest at or below; refused when none), 'nearest' or 'up' "
+                        f"(default {defaults.uniform_rounding})")  # fmt: skip
 
 
 def _pruning_overrides(args: argparse.Namespace) -> dict:
     overrides = {
         name: getattr(args, name)
         for name in ("num_heads", "target_state_bytes", "alpha", "score", "norm", "budget", "direction",
-                     "min_heads_per_layer")
-        if getattr(args, name) is not None
+                     "min_heads_per_layer", "uniform_rounding")
+        if getattr(args, name, None) is not None
     }  # fmt: skip
+    given = [flag for flag, name in (("--ratio", "ratio"), ("--num-heads", "num_heads"),
+                                     ("--target-state-bytes", "target_state_bytes")) if getattr(args, name) is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} {'both' if len(given) == 2 else 'all'} set the budget: give only one of them.")
     if args.ratio is not None:
         overrides["ratio"] = args.ratio
     elif "num_heads" in overrides or "target_state_bytes" in overrides:
@@ -156,8 +168,11 @@ def _prune_recipe(args: argparse.Namespace):
 
 
 def _prune(args: argparse.Namespace) -> int:
+    import warnings
+
     from .pruner import RankPruner
     from .recipe import override_config
+    from .scoring import UniformRoundingWarning
     from .stats import RankStats
     from .utils import check_output_dir
 
@@ -172,9 +187,13 @@ def _prune(args: argparse.Namespace) -> int:
         from .hub import _check_repo_id
 
         _check_repo_id(push["repo_id"])
-    pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype,
-                                        base_model=args.base_model)  # fmt: skip
+    with warnings.catch_warnings():  # the uniform budget's choice is printed below
+        warnings.simplefilter("ignore", UniformRoundingWarning)
+        pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype,
+                                            base_model=args.base_model)  # fmt: skip
     pruner.model_name = str(args.model or DEMO_MODEL_NAME)
+    if pruner.uniform_choice is not None:  # which head count a uniform budget takes, and why, before any work
+        print(pruner.uniform_choice.message(), flush=True)
     if recipe is not None:  # the model card shows the recipe, with the flags that overrode it applied
         import dataclasses
 

@@ -20,6 +20,7 @@ RANK_METRICS = ("threshold", "stable", "entropy")
 SCORES = ("joint", "rank", "norm", "random")
 DIRECTIONS = ("saturated", "low_rank", "random")
 BUDGETS = ("global", "per_layer", "uniform")
+UNIFORM_ROUNDINGS = ("down", "nearest", "up")
 TIME_AGGREGATIONS = ("mean", "final")
 
 
@@ -56,6 +57,10 @@ class RankPruneConfig:
         target_state_bytes: remove heads until the linear state of one sequence fits in this many bytes.
         budget: "global" (one ranking across layers, paper), "per_layer" (the same fraction in each layer) or
             "uniform" (same count in every layer and key group: a stock configuration loads the result).
+        uniform_rounding: a uniform budget can remove only some head counts (the same number of value heads from
+            every key group, or whole key groups, in every layer): "down" (default) takes the nearest achievable
+            count at or below the request and refuses when there is none, "nearest" the closest, "up" the nearest
+            at or above. A byte target takes the smallest count that meets it.
         min_heads_per_layer: value heads every linear layer keeps at least.
         protected_layers: model layer indices whose heads are never removed.
     """
@@ -82,6 +87,7 @@ class RankPruneConfig:
     num_heads: int | None = None
     target_state_bytes: int | None = None
     budget: str = "global"
+    uniform_rounding: str = "down"
     min_heads_per_layer: int = 1
     protected_layers: list[int] = field(default_factory=list)
 
@@ -125,6 +131,7 @@ class RankPruneConfig:
         if self.ratio is None and self.num_heads is None and self.target_state_bytes is None:
             raise ConfigError("No budget is set: give one of ratio, num_heads or target_state_bytes.")
         _choice(self, "budget", BUDGETS)
+        _choice(self, "uniform_rounding", UNIFORM_ROUNDINGS)
         _positive_int(self, "min_heads_per_layer")
         if not isinstance(self.protected_layers, (list, tuple)) or not all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers

@@ -44,6 +44,10 @@ def probe_variants(config: RankPruneConfig, num_heads: int, seeds: Sequence[int]
 def probe_head_count(adapter, config: RankPruneConfig) -> int:
     """k: the number of heads the config's budget removes (the JRNP budget)."""
     total = sum(layer.num_value_heads for layer in adapter.linear_layers())
+    if config.budget == "uniform":  # the count a uniform plan can actually remove
+        from .scoring import uniform_choice
+
+        return uniform_choice(adapter, config).removed
     if config.num_heads is not None:
         return config.num_heads
     if config.ratio is not None:

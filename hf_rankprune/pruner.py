@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,29 @@ from .arch import get_adapter
 from .arch.base import check_can_carry_ragged
 from .calibrate import calibrate
 from .config import RankPruneConfig
-from .loading import DTYPES, ModelLoadError, load_model_and_tokenizer, resolve_model_path
+from .loading import DEMO_MODEL_PATH, DTYPES, ModelLoadError, load_model_and_tokenizer, resolve_model_path
 from .plan import PlanError, PrunePlan
-from .scoring import plan_from_stats
+from .scoring import UniformRoundingWarning, plan_from_stats, uniform_choice
 from .stats import RankStats
 from .surgery import apply_plan, model_plan, save_pruned
+
+# The embedded demo model's calibration defaults (recipes/demo.yaml's): 16 samples x 512 tokens take seconds on a CPU,
+# where RankPruneConfig's defaults for large models (64 x 2048) would take about 10 minutes on 2 cores.
+DEMO_CALIBRATION = {"num_samples": 16, "seq_len": 512, "batch_size": 4, "grid_step": 64}
+
+
+def is_demo_model(model_path: str | os.PathLike | None) -> bool:
+    """`model_path` is the embedded demo model's folder."""
+    try:
+        return model_path is not None and Path(model_path).expanduser().resolve() == DEMO_MODEL_PATH.resolve()
+    except OSError:
+        return False
+
+
+def default_config(model_path: str | os.PathLike | None = None) -> RankPruneConfig:
+    """The settings used when none are given: `RankPruneConfig()` (the paper's: 64 samples x 2048 tokens), except
+    for the embedded demo model, which gets its recipe's calibration (`DEMO_CALIBRATION`: 16 samples x 512 tokens)."""
+    return RankPruneConfig(**DEMO_CALIBRATION) if is_demo_model(model_path) else RankPruneConfig()
 
 
 class RankPruner(OptimumQuantizer):
@@ -39,6 +58,10 @@ class RankPruner(OptimumQuantizer):
         self.adapter = get_adapter(model)  # refuses unsupported models before any work
         if self.config.budget != "uniform":  # per-layer budgets give ragged plans: refuse a model that cannot carry one
             check_can_carry_ragged(model)
+        # a uniform budget can remove only some head counts: say which one it takes, and why, before any work
+        self.uniform_choice = uniform_choice(self.adapter, self.config) if self.config.budget == "uniform" else None
+        if self.uniform_choice is not None and self.uniform_choice.rounded:
+            warnings.warn(self.uniform_choice.message(), UniformRoundingWarning, stacklevel=3)
         self._stats: RankStats | None = None
         self._plan: PrunePlan | None = None
         self._pruned = False
@@ -49,7 +72,7 @@ class RankPruner(OptimumQuantizer):
     @classmethod
     def from_pretrained(
         cls,
-        model_or_path: str | os.PathLike | torch.nn.Module,
+        model_or_path: str | os.PathLike | torch.nn.Module | None = None,
         config: RankPruneConfig | dict | None = None,
         *,
         device_map: str | dict | None = None,
@@ -58,16 +81,21 @@ class RankPruner(OptimumQuantizer):
         base_model: str | None = None,
         **overrides: Any,
     ) -> RankPruner:
-        """A pruner for a model object, a local folder or a Hub id; `overrides` replace fields of `config`.
+        """A pruner for a model object, a local folder or a Hub id (None: the embedded demo model); `overrides`
+        replace fields of `config`. Without `config`: `default_config(model)`, i.e. `RankPruneConfig()` (64 calibration
+        samples x 2048 tokens, the paper's scale) except for the embedded demo model, which gets its recipe's 16 x 512.
         `base_model`: the Hub id the card names as the base model (default: the model's id, also for a folder of the
         Hub cache)."""
         if isinstance(config, dict):
             config = RankPruneConfig.from_dict(config)
-        config = (config or RankPruneConfig()).replace(**overrides) if overrides else (config or RankPruneConfig())
         check_base_model(base_model)
         if isinstance(model_or_path, torch.nn.Module):
-            return cls(model_or_path, tokenizer, config, base_model=base_model)
+            config = config or default_config(getattr(model_or_path.config, "_name_or_path", None))
+            return cls(model_or_path, tokenizer, config.replace(**overrides) if overrides else config,
+                       base_model=base_model)  # fmt: skip
         path = resolve_model_path(model_or_path)
+        config = config or default_config(path)
+        config = config.replace(**overrides) if overrides else config
         dtype = torch_dtype
         if isinstance(dtype, torch.dtype):
             names = {v: k for k, v in DTYPES.items()}

@@ -67,6 +67,7 @@ BUDGET_FIELDS = ("ratio", "num_heads", "target_state_bytes")
 MODIFIER_FIELDS = (
     "rank_eps", "norm", "rank_metric", "time_aggregation", "score", "alpha", "direction",
     *BUDGET_FIELDS, "budget", "min_heads_per_layer", "protected_layers",
+    "uniform_rounding",
 )  # fmt: skip
 MODIFIER_EXTRA_FIELDS = ("start_step",)
 TOP_LEVEL_FIELDS = ("description", "model", "architecture", "calibration", "evaluation", "output_dir", "push_to_hub")

@@ -208,8 +208,40 @@ def _proportional_quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
     return quotas
 
 
-def _allocate_uniform(layers, priorities, state_bytes, config: RankPruneConfig) -> list[set[int]]:
-    """The same number of value heads removed from every key group of every layer: a stock configuration."""
+class UniformRoundingWarning(UserWarning):
+    """A uniform budget removes another head count than the one requested (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class UniformChoice:
+    """What a uniform budget removes: every layer keeps `key_heads_kept` of its key heads (whole key groups go) and
+    `value_heads_per_key` value heads in each kept group; `options` are all the achievable totals (ascending)."""
+
+    total_heads: int
+    requested: int | None  # value heads asked for; None for a byte target
+    options: tuple[int, ...]
+    removed: int
+    key_heads_kept: int
+    value_heads_per_key: int
+    num_key_heads: int
+    group_size: int
+    num_layers: int
+    reason: str
+
+    @property
+    def rounded(self) -> bool:
+        return self.requested is not None and self.removed != self.requested
+
+    def message(self) -> str:
+        return (
+            f"Uniform budget: removing {self.removed} of {self.total_heads} value heads "
+            f"({self.removed / self.total_heads:.1%}): each of the {self.num_layers} linear layers keeps "
+            f"{self.key_heads_kept} of its {self.num_key_heads} key heads with {self.value_heads_per_key} of "
+            f"{self.group_size} value heads each. {self.reason}"
+        )
+
+
+def _uniform_geometry(layers, config: RankPruneConfig) -> tuple[int, int, int]:
     if config.protected_layers:
         raise PlanError(
             "A uniform budget removes the same heads count from every linear layer, so it cannot protect layers "
@@ -221,37 +253,105 @@ def _allocate_uniform(layers, priorities, state_bytes, config: RankPruneConfig) 
             f"A uniform budget needs every linear layer to have the same head counts; this model has {sorted(shapes)}."
         )
     key_heads, value_heads = shapes.pop()
-    group = value_heads // key_heads
-    per_group_options = range(1, group)
-    if not per_group_options:
+    return key_heads, value_heads, value_heads // key_heads
+
+
+def uniform_choice(model_or_adapter, config: RankPruneConfig) -> UniformChoice:
+    """The head count a uniform budget removes on this model, chosen among the achievable ones by
+    `config.uniform_rounding` ("down": nearest at or below the request; "nearest"; "up"); a `PlanError` saying what
+    is achievable when nothing fits. Needs only the model's geometry, so it runs before calibration."""
+    adapter = model_or_adapter if isinstance(model_or_adapter, LinearAttentionAdapter) else get_adapter(model_or_adapter)
+    return _uniform_choice(adapter.linear_layers(), config)
+
+
+def _uniform_choice(layers, config: RankPruneConfig) -> UniformChoice:
+    key_heads, value_heads, group = _uniform_geometry(layers, config)
+    total = value_heads * len(layers)
+    # (removed in all, key heads kept per layer, value heads kept per key head); ties keep more key heads
+    shapes: dict[int, tuple[int, int]] = {}
+    for keys_kept in range(key_heads, 0, -1):
+        for per_key in range(group, 0, -1):
+            kept = keys_kept * per_key
+            if kept == value_heads or kept < config.min_heads_per_layer:
+                continue
+            shapes.setdefault((value_heads - kept) * len(layers), (keys_kept, per_key))
+    options = tuple(sorted(shapes))
+    shown = ", ".join(map(str, options))
+    achievable = (
+        f"A uniform plan removes the same heads from every layer (whole key groups of {group} value heads, or the "
+        f"same number of value heads from every key group), so on this model it can remove {shown} of {total} "
+        "value heads"
+    )
+    if not options:
         raise PlanError(
-            "A uniform budget cannot remove anything here: each key head has a single value head, so removing one "
-            "would empty its group. Use budget='global' or 'per_layer'."
+            f"A uniform budget cannot remove anything here while every layer keeps min_heads_per_layer="
+            f"{config.min_heads_per_layer} heads. Use budget='global' or 'per_layer'."
         )
+    state_bytes = [layer.key_dim * layer.value_dim * 4 for layer in layers]
     requested = _requested_heads(layers, state_bytes, config)
-    if requested is not None:
-        per_group = min(per_group_options, key=lambda m: (abs(m * key_heads * len(layers) - requested), m))
-    else:
+    if requested is None:  # a byte target: the smallest removal that meets it
         before = sum(layer.num_value_heads * size for layer, size in zip(layers, state_bytes))
-        fitting = [m for m in per_group_options if before - m * key_heads * sum(state_bytes) <= config.target_state_bytes]
+        per_head = sum(state_bytes) / len(layers)
+        fitting = [n for n in options if before - n * per_head <= config.target_state_bytes]
         if not fitting:
             raise PlanError(
-                f"target_state_bytes={config.target_state_bytes} cannot be met uniformly: removing {group - 1} of "
-                f"every {group} value heads per key group leaves "
-                f"{before - (group - 1) * key_heads * sum(state_bytes)} bytes."
+                f"target_state_bytes={config.target_state_bytes} cannot be met uniformly: {achievable}, and removing "
+                f"{options[-1]} leaves {int(before - options[-1] * per_head)} bytes. Use budget='global'."
             )
-        per_group = fitting[0]
-    if value_heads - per_group * key_heads < config.min_heads_per_layer:
-        raise PlanError(
-            f"The uniform budget would keep {value_heads - per_group * key_heads} heads per layer, fewer than "
-            f"min_heads_per_layer={config.min_heads_per_layer}."
+        removed = fitting[0]
+        reason = f"{achievable}; {removed} is the fewest that fits target_state_bytes={config.target_state_bytes}."
+    else:
+        asked = (
+            f"{requested} requested"
+            + (f" (ratio {config.ratio} x {total} heads)" if config.budget_kind() == "ratio" else "")
         )
+        rounding = config.uniform_rounding
+        below = [n for n in options if n <= requested]
+        above = [n for n in options if n >= requested]
+        if rounding == "down" and not below:
+            raise PlanError(
+                f"{achievable}; {asked}, and none is at or below it. Ask for at least {options[0]} heads (ratio >= "
+                f"{options[0] / total:.3g}), set uniform_rounding='up' (--uniform-rounding up) to remove "
+                f"{options[0]}, or use budget='global' or 'per_layer' for exactly {requested}."
+            )
+        if rounding == "up" and not above:
+            raise PlanError(f"{achievable}; {asked}, and none is at or above it. Ask for at most {options[-1]}.")
+        if rounding == "down":
+            removed = below[-1]
+        elif rounding == "up":
+            removed = above[0]
+        else:
+            removed = min(options, key=lambda n: (abs(n - requested), n))
+        if removed == requested:
+            reason = f"{achievable}; {requested} requested, achievable exactly."
+        else:
+            how = {"down": "the nearest at or below it", "up": "the nearest at or above it",
+                   "nearest": "the nearest to it"}[rounding]  # fmt: skip
+            reason = (
+                f"{achievable}; {asked}, not achievable: taking {removed}, {how} (uniform_rounding={rounding!r}; "
+                "budget='global' removes exactly the count asked for)."
+            )
+    keys_kept, per_key = shapes[removed]
+    return UniformChoice(total, requested, options, removed, keys_kept, per_key, key_heads, group, len(layers), reason)
+
+
+def _allocate_uniform(layers, priorities, state_bytes, config: RankPruneConfig) -> list[set[int]]:
+    """The same heads count removed from every layer: the key groups with the highest mean removal priority go whole,
+    and each kept group loses its highest-priority value heads, so every layer has the same stock configuration."""
+    key_heads, _, group = _uniform_geometry(layers, config)
+    choice = _uniform_choice(layers, config)
     removed = []
     for p in range(len(layers)):
+        groups = [np.arange(key * group, (key + 1) * group) for key in range(key_heads)]  # stock consecutive grouping
+        group_priority = np.array([priorities[p][members].mean() for members in groups])
+        dropped_groups = np.argsort(-group_priority, kind="stable")[: key_heads - choice.key_heads_kept]
         chosen: set[int] = set()
-        for key in range(key_heads):
-            members = np.arange(key * group, (key + 1) * group)  # stock consecutive grouping
+        for key, members in enumerate(groups):
+            if key in dropped_groups:
+                chosen.update(int(h) for h in members)
+                continue
             order = members[np.argsort(-priorities[p][members], kind="stable")]
-            chosen.update(int(h) for h in order[:per_group])
+            chosen.update(int(h) for h in order[: group - choice.value_heads_per_key])
         removed.append(chosen)
     return removed
+

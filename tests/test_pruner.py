@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,8 @@ def test_cli_prune_and_bad_inputs(tiny_model_dir, tmp_path, capsys):
     code, captured = run_cli(capsys, "prune", tiny_model_dir, "--num-samples", 2, "--seq-len", 128, "--quiet",
                              "--budget", "uniform", "--ratio", "0.5", "--out", out)  # fmt: skip
     assert code == 0 and "Removed 12 of 24 value heads (uniform plan)" in captured.out
+    assert "Uniform budget: removing 12 of 24 value heads" in captured.out  # said before calibration
+    assert captured.out.index("Uniform budget") < captured.out.index("Removed 12")
     assert AutoModelForCausalLM.from_pretrained(out).config.linear_num_value_heads == 4
     code, _ = run_cli(capsys, "analyze", tiny_model_dir, "--num-samples", 2, "--seq-len", 128, "--quiet",
                       "--out", tmp_path / "analysis")  # fmt: skip
@@ -108,6 +111,8 @@ def test_cli_prune_and_bad_inputs(tiny_model_dir, tmp_path, capsys):
         (["--ratio", "0"], "ratio=0.0 is not allowed"),
         (["--budget", "uniform", "--protected-layers", "0"], "cannot protect layers"),
         (["--num-heads", "24"], "would remove every one"),
+        (["--budget", "uniform", "--ratio", "0.05"], "none is at or below it. Ask for at least 6 heads"),
+        (["--num-heads", "3", "--ratio", "0.2"], "--ratio and --num-heads both set the budget"),
     ]
     for argv, pattern in bad:
         target = tmp_path / "bad"
@@ -144,3 +149,19 @@ def test_a_model_that_cannot_carry_a_ragged_plan_is_refused_before_any_work():
     assert type(model) is MyQwen and before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
     RankPruner.from_pretrained(model, tokenizer=build_tiny_tokenizer(), budget="uniform", **SMALL)
+
+
+def test_demo_model_defaults_are_its_recipe_calibration(tmp_path):
+    """`RankPruner.from_pretrained()` on the demo model calibrates 16 x 512 tokens (recipes/demo.yaml), not the
+    64 x 2048 meant for large models; given settings win; other models keep RankPruneConfig's defaults."""
+    from hf_rankprune.pruner import DEMO_CALIBRATION, default_config
+    from hf_rankprune.recipe import load_recipe
+
+    demo = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml").config
+    assert DEMO_CALIBRATION == {key: getattr(demo, key) for key in DEMO_CALIBRATION}
+    pruner = RankPruner.from_pretrained()
+    assert (pruner.config.num_samples, pruner.config.seq_len, pruner.config.batch_size) == (16, 512, 4)
+    assert RankPruner.from_pretrained(num_samples=2).config.num_samples == 2
+    assert RankPruner.from_pretrained(pruner.model).config.seq_len == 512  # a loaded demo model too
+    assert RankPruner.from_pretrained(None, RankPruneConfig()).config.seq_len == 2048  # an explicit config wins
+    assert (default_config(tmp_path).num_samples, default_config(tmp_path).seq_len) == (64, 2048)

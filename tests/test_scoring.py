@@ -126,3 +126,58 @@ def test_paper_setting_on_the_real_qwen3_next_80b_geometry():
     assert len(plan.layers) == 36 and plan.settings["total_value_heads"] == 1152
     assert plan.settings["removed_value_heads"] == 448
     assert sum(la.num_value_heads - len(la.kept_value_heads) for la in plan.layers) == 448
+
+
+# ------------------------------------------------------------------------------- uniform granularity
+def test_uniform_budget_says_what_it_can_remove_and_rounds_down(model, stats):
+    """24 heads (3 layers x 2 key heads x 4 value heads each): a uniform plan can remove 6, 12, 15, 18 or 21; a
+    request in between takes the nearest count at or below it, and says so."""
+    from hf_rankprune.scoring import uniform_choice
+
+    choice = uniform_choice(model, RankPruneConfig(budget="uniform", ratio=0.389))  # 9 requested
+    assert choice.options == (6, 12, 15, 18, 21)
+    assert (choice.requested, choice.removed, choice.rounded) == (9, 6, True)
+    assert "6, 12, 15, 18, 21 of 24" in choice.message() and "9 requested" in choice.message()
+    assert "nearest at or below" in choice.message()
+    plan = plan_from_stats(model, stats, RankPruneConfig(budget="uniform", ratio=0.389))
+    assert plan.num_removed_value_heads == 6 and plan.is_uniform
+    assert plan.settings["requested_value_heads"] == 9 and plan.settings["removed_value_heads"] == 6
+
+    assert uniform_choice(model, RankPruneConfig(budget="uniform", num_heads=10, uniform_rounding="nearest")).removed == 12
+    assert uniform_choice(model, RankPruneConfig(budget="uniform", num_heads=7, uniform_rounding="up")).removed == 12
+    exact = uniform_choice(model, RankPruneConfig(budget="uniform", num_heads=12))
+    assert not exact.rounded and "achievable exactly" in exact.message()
+
+
+def test_uniform_budget_refuses_when_nothing_is_at_or_below(model):
+    from hf_rankprune.scoring import uniform_choice
+
+    with pytest.raises(PlanError, match=r"can remove 6, 12, 15, 18, 21 of 24 .*1 requested .*at least 6 heads"):
+        uniform_choice(model, RankPruneConfig(budget="uniform", ratio=0.05))
+    with pytest.raises(PlanError, match="none is at or above"):
+        uniform_choice(model, RankPruneConfig(budget="uniform", num_heads=22, uniform_rounding="up"))
+
+
+def test_uniform_budget_drops_whole_key_groups_for_finer_steps(model):
+    """15 of 24: every layer keeps one key group of 3 value heads; the group dropped is the one with the highest mean
+    priority, and the result is a stock configuration (one key head, three value heads per layer)."""
+    layers = get_adapter(model).linear_layers()
+    ranks = [np.array([1, 1, 1, 1, 9, 9, 9, 9], float), np.array([9, 9, 9, 9, 1, 2, 3, 4], float),
+             np.array([5, 5, 5, 5, 4, 4, 4, 4], float)]  # fmt: skip
+    group_stats = stats_for(model, ranks, [np.ones(8)] * len(layers))
+    plan = plan_from_stats(model, group_stats, RankPruneConfig(budget="uniform", num_heads=15, score="rank"))
+    assert plan.is_uniform and plan.num_removed_value_heads == 15
+    assert [la.kept_key_heads for la in plan.layers] == [[0], [1], [1]]
+    assert [la.kept_value_heads for la in plan.layers] == [[1, 2, 3], [4, 5, 6], [5, 6, 7]]  # ties: lowest index goes
+
+
+def test_demo_model_uniform_ratio_takes_8_of_32(tmp_path):
+    """The issue's case: the default ratio (12 of 32) on the demo model gives 8 with a uniform budget, not 16."""
+    from hf_rankprune.loading import DEMO_MODEL_PATH, load_model_and_tokenizer
+    from hf_rankprune.scoring import uniform_choice
+
+    demo = load_model_and_tokenizer(str(DEMO_MODEL_PATH))[0]
+    choice = uniform_choice(demo, RankPruneConfig(budget="uniform"))
+    assert choice.options == (8, 16, 20, 24, 28) and (choice.requested, choice.removed) == (12, 8)
+    with pytest.raises(PlanError, match="at least 8 heads"):
+        uniform_choice(demo, RankPruneConfig(budget="uniform", ratio=0.05))
