@@ -1,8 +1,8 @@
 """The pruning probe: the paper's Table 1 at any scale, with the random control the paper lacks.
 
 For one head count k (default: the JRNP budget of the config), remove the k highest-rank heads, the k lowest-rank
-heads, k random heads (several seeds) and the k heads JRNP chooses; evaluate each variant and say which group the
-model can spare. Which group is redundant is a property of the model (PAPER.md, caveat), so a user measures it here
+heads (by mean state rank, whatever the report's low/high split), k random heads (several seeds) and the k heads
+JRNP chooses; evaluate each variant on passkey retrieval and perplexity, and say what removing each costs on both. Which group is redundant is a property of the model (PAPER.md, caveat), so a user measures it here
 before trusting a direction.
 """
 
@@ -26,14 +26,16 @@ from .stats import RankStats
 from .surgery import apply_plan
 
 PROBE_TASKS = ("passkey", "perplexity")
+# The probe's groups are the k heads of highest / lowest mean state rank, not the report's low/high-rank split
+HIGHEST, LOWEST = "highest-rank heads removed", "lowest-rank heads removed"
 
 
 def probe_variants(config: RankPruneConfig, num_heads: int, seeds: Sequence[int]) -> dict[str, RankPruneConfig]:
     """The configs of every variant, all removing exactly `num_heads` heads under a global budget."""
     base = config.replace(num_heads=num_heads, ratio=None, target_state_bytes=None, budget="global")
     variants = {
-        "high-rank heads removed": base.replace(score="rank", direction="saturated"),
-        "low-rank heads removed": base.replace(score="rank", direction="low_rank"),
+        HIGHEST: base.replace(score="rank", direction="saturated"),
+        LOWEST: base.replace(score="rank", direction="low_rank"),
         "JRNP": base,
     }
     for seed in seeds:
@@ -105,56 +107,101 @@ def _random_summary(rows: dict[str, dict]) -> tuple[dict[str, float], dict[str, 
     return mean, std
 
 
+def _row_label(name: str, k: int) -> str:
+    if name in (HIGHEST, LOWEST):
+        return f"the {k} {name}"
+    if name == "JRNP":
+        return f"JRNP (the {k} heads of highest joint rank-norm score removed)"
+    return name
+
+
 def verdict(result: dict[str, Any]) -> str:
-    """Which group the model can spare, judged on passkey accuracy (perplexity breaks ties), against the random
-    control; and how JRNP itself fares."""
+    """What removing each group costs on every metric measured (passkey accuracy and perplexity, against the
+    original and the random control), which group is cheaper on each, and whether the metrics agree."""
     rows, k = result["rows"], result["num_heads"]
-    high, low, jrnp = rows["high-rank heads removed"], rows["low-rank heads removed"], rows["JRNP"]
-    random_acc, random_std = result["random_mean"]["passkey.accuracy"], result["random_std"]["passkey.accuracy"]
+    original = rows["original"]
+    high, low, jrnp = rows[HIGHEST], rows[LOWEST], rows["JRNP"]
+    mean, std = result["random_mean"], result["random_std"]
+    acc0, ppl0 = original["passkey.accuracy"], original["perplexity.perplexity"]
 
-    def cost(row):
-        return (-row["passkey.accuracy"], row["perplexity.perplexity"])
+    def cost(row_acc: float, row_ppl: float) -> str:
+        return (f"passkey {row_acc:.1%} ({100 * (row_acc - acc0):+.1f} points), perplexity {row_ppl:.2f} "
+                f"({(row_ppl - ppl0) / ppl0:+.1%})")  # fmt: skip
 
-    def described(row):
-        return f"{row['passkey.accuracy']:.1%} passkey accuracy (perplexity {row['perplexity.perplexity']:.2f})"
+    def against_random(row: dict) -> tuple[str, str]:
+        acc_margin = max(std["passkey.accuracy"], 1e-9)
+        ppl_margin = max(std["perplexity.perplexity"], 1e-9)
+        acc, ppl = row["passkey.accuracy"], row["perplexity.perplexity"]
+        on_acc = ("better than" if acc > mean["passkey.accuracy"] + acc_margin
+                  else "worse than" if acc < mean["passkey.accuracy"] - acc_margin else "no different from")  # fmt: skip
+        on_ppl = ("better than" if ppl < mean["perplexity.perplexity"] - ppl_margin
+                  else "worse than" if ppl > mean["perplexity.perplexity"] + ppl_margin else "no different from")  # fmt: skip
+        return on_acc, on_ppl
 
-    spare, other = ("high", low) if cost(high) <= cost(low) else ("low", high)
-    spared = high if spare == "high" else low
-    margin = max(random_std, 1e-9)
-    if spared["passkey.accuracy"] > random_acc + margin:
+    costs = (
+        f"Removing {k} of {result['total_heads']} heads (original: passkey {acc0:.1%}, perplexity {ppl0:.2f}) costs: "
+        f"the {k} highest-rank heads {cost(high['passkey.accuracy'], high['perplexity.perplexity'])}; "
+        f"the {k} lowest-rank heads {cost(low['passkey.accuracy'], low['perplexity.perplexity'])}; "
+        f"{k} random heads ({len(result['seeds'])} seeds, mean) "
+        f"{cost(mean['passkey.accuracy'], mean['perplexity.perplexity'])}; "
+        f"JRNP {cost(jrnp['passkey.accuracy'], jrnp['perplexity.perplexity'])}."
+    )
+    cheaper_acc = "highest" if high["passkey.accuracy"] >= low["passkey.accuracy"] else "lowest"
+    cheaper_ppl = "highest" if high["perplexity.perplexity"] <= low["perplexity.perplexity"] else "lowest"
+    groups = {"highest": high, "lowest": low}
+    acc_vs_random = against_random(groups[cheaper_acc])[0]
+    ppl_vs_random = against_random(groups[cheaper_ppl])[1]
+    if cheaper_acc == cheaper_ppl and acc_vs_random == "better than" and ppl_vs_random == "better than":
         group = (
-            f"This model can spare its {spare}-rank heads: without its {k} {spare}-rank heads it keeps "
-            f"{described(spared)}, against {described(other)} when the other group goes and "
-            f"{random_acc:.1%} ± {random_std:.1%} for random heads. "
-            + ("The paper's direction (remove high-rank heads) holds here."
-               if spare == "high" else "This is the opposite of the paper's direction: prefer direction='low_rank'.")
+            f"The {cheaper_acc}-rank heads are the cheaper group on both metrics, and cheaper than random heads: "
+            + ("the paper's direction (remove high-rank heads) holds here."
+               if cheaper_acc == "highest" else "the opposite of the paper's direction; prefer direction='low_rank'.")
         )  # fmt: skip
+    elif cheaper_acc == cheaper_ppl:
+        group = (
+            f"The {cheaper_acc}-rank heads are the cheaper of the two rank groups on both metrics, but on passkey "
+            f"{acc_vs_random} random heads and on perplexity {ppl_vs_random} random heads: rank alone does not "
+            "pick heads that are safer to remove than random ones here."
+        )
     else:
         group = (
-            f"Neither rank group alone can go at {k} heads: removing the high-rank heads gives {described(high)}, "
-            f"the low-rank heads {described(low)}, random heads {random_acc:.1%} ± {random_std:.1%}."
+            f"The metrics disagree: for passkey retrieval the {cheaper_acc}-rank heads are the cheaper group "
+            f"({acc_vs_random} random), for perplexity the {cheaper_ppl}-rank heads ({ppl_vs_random} random). "
+            "Which group this model can spare depends on the task: measure yours before choosing a direction."
         )
-    joint = (
-        f" JRNP (rank and norm jointly) keeps {described(jrnp)}"
-        + (", better than random." if jrnp["passkey.accuracy"] > random_acc + margin else ", no better than random.")
-    )
-    return group + joint
+    jrnp_acc, jrnp_ppl = against_random(jrnp)
+    joint = f" JRNP (rank and norm jointly) is {jrnp_acc} random on passkey and {jrnp_ppl} random on perplexity."
+    return costs + " " + group + joint
 
 
 def render_probe_markdown(result: dict[str, Any]) -> str:
+    rows, k = result["rows"], result["num_heads"]
+    original = rows["original"]
+    acc0, ppl0 = original["passkey.accuracy"], original["perplexity.perplexity"]
+    basis = []
+    if "passkey.num_examples" in original:
+        basis.append(f"passkey over {int(original['passkey.num_examples'])} examples")
+    if "perplexity.num_tokens" in original:
+        basis.append(f"perplexity over {int(original['perplexity.num_tokens']):,} held-out tokens")
     lines = [
-        f"# Pruning probe: {result['num_heads']} of {result['total_heads']} heads removed",
+        f"# Pruning probe: {k} of {result['total_heads']} heads removed",
         "",
+        *([f"Each variant evaluated on {' and '.join(basis)}.", ""] if basis else []),
         "| variant | passkey accuracy | perplexity |",
         "|---|---|---|",
     ]
-    for name, row in result["rows"].items():
+    for name, row in rows.items():
         if name.startswith("random"):
             continue
-        lines.append(f"| {name} | {row['passkey.accuracy']:.1%} | {row['perplexity.perplexity']:.2f} |")
+        acc, ppl = row["passkey.accuracy"], row["perplexity.perplexity"]
+        if name == "original":
+            lines.append(f"| original | {acc:.1%} | {ppl:.2f} |")
+        else:
+            lines.append(f"| {_row_label(name, k)} | {acc:.1%} ({100 * (acc - acc0):+.1f} pts) | {ppl:.2f} "
+                         f"({(ppl - ppl0) / ppl0:+.1%}) |")  # fmt: skip
     mean, std = result["random_mean"], result["random_std"]
     lines.append(
-        f"| random heads removed ({len(result['seeds'])} seeds, mean ± std) | {mean['passkey.accuracy']:.1%} ± "
+        f"| {k} random heads removed ({len(result['seeds'])} seeds, mean ± std) | {mean['passkey.accuracy']:.1%} ± "
         f"{std['passkey.accuracy']:.1%} | {mean['perplexity.perplexity']:.2f} ± {std['perplexity.perplexity']:.2f} |"
     )
     lines += ["", result["verdict"], ""]
