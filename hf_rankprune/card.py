@@ -41,6 +41,7 @@ TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "pruned_model_card.md"
 CARD_FILE = "README.md"
 FIGURES_DIR = "figures"
 STATS_FILE = "rank_stats.json"
+RECIPE_FILE = "recipe.yaml"
 CARD_FIGURES = ("rank_trajectories.png", "rank_heatmap.png")
 DEFAULT_CONTEXT_LENGTH = 32_768
 PAPER_ARXIV = "2602.02195"
@@ -202,7 +203,8 @@ def write_model_card(
     **card_kwargs: Any,
 ) -> ModelCard:
     """Write `README.md` into `folder` and, with `stats` (a `RankStats`), the rank figures (`figures/*.png`) and
-    `rank_stats.json`; `card_kwargs` go to `build_model_card`. Returns the card."""
+    `rank_stats.json`, and with a `recipe` that recipe as `recipe.yaml`; `card_kwargs` go to `build_model_card`.
+    Returns the card."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     figures: list[str] = []
@@ -214,6 +216,9 @@ def write_model_card(
         stats.to_json_file(folder / STATS_FILE)
     card_kwargs.setdefault("figures", figures)
     card = build_model_card(plan, **card_kwargs)
+    recipe = _recipe_text(card_kwargs.get("recipe"))
+    if recipe is not None:  # the card's reproduce line runs `--recipe recipe.yaml`: the folder carries it
+        (folder / RECIPE_FILE).write_text(recipe + "\n", encoding="utf-8")
     card.save(folder / CARD_FILE)
     return card
 
@@ -228,9 +233,19 @@ def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | 
         raise ModelCardError("The pruner's model carries no prune plan: prune it before writing its card.")
     name = str(pruner.model_name) if pruner.model_name else None
     base_model = getattr(pruner, "base_model", None) or hub_model_id(name)
-    license = getattr(model.config, "license", None) or base_model_license(name)
+    # the license of the base model's card: from the folder it was loaded from (the demo model's), or its Hub id
+    source = getattr(pruner, "source_model", None)
+    license = getattr(model.config, "license", None) or base_model_license(source or name) or (
+        base_model_license(name) if source else None
+    )
+    evaluation = getattr(pruner, "evaluation_results", None) or {}
+    measured = [side.get("memory.context_length") for side in evaluation.values() if isinstance(side, Mapping)]
+    measured = [int(value) for value in measured if isinstance(value, (int, float)) and not isinstance(value, bool)]
     max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    context_length = min(DEFAULT_CONTEXT_LENGTH, int(max_positions)) if max_positions else None
+    if measured:  # one context length throughout: the one the evaluation measured memory at
+        context_length = measured[0]
+    else:
+        context_length = min(DEFAULT_CONTEXT_LENGTH, int(max_positions)) if max_positions else None
     return write_model_card(
         folder,
         plan,
@@ -238,7 +253,7 @@ def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | 
         base_model=base_model,
         base_model_name=name,
         license=license,
-        evaluation=getattr(pruner, "evaluation_results", None),
+        evaluation=evaluation or None,
         recipe=getattr(pruner, "recipe", None),
         context_length=context_length,
         repo_id=repo_id,
@@ -481,6 +496,14 @@ def _number(value: float | None) -> str:
     return f"{value:.4g}"
 
 
+def _signed(value: float, key: str) -> str:
+    if key.endswith("_bytes"):
+        return ("+" if value >= 0 else "-") + _bytes(abs(int(value)))
+    if abs(value) >= 1000:
+        return f"{value:+,.0f}"
+    return f"{value:+.4g}"
+
+
 def _evaluation_rows(evaluation: Mapping[str, Mapping[str, float]]) -> list[dict[str, str]]:
     original, pruned = evaluation.get("original") or {}, evaluation.get("pruned") or {}
     keys = list(original) + [key for key in pruned if key not in original]
@@ -489,20 +512,38 @@ def _evaluation_rows(evaluation: Mapping[str, Mapping[str, float]]) -> list[dict
         before, after = original.get(key), pruned.get(key)
         change = ""
         if before is not None and after is not None and math.isfinite(before) and math.isfinite(after):
-            change = f"{after - before:+.4g}"
-            if before:
+            change = _signed(after - before, key) if after != before else "0"
+            if before and after != before:
                 change += f" ({(after - before) / abs(before):+.1%})"
-        rows.append({"metric": key, "original": _number(before), "pruned": _number(after), "change": change})
+        show = _bytes if key.endswith("_bytes") else _number
+        rows.append({"metric": key, "original": show(before) if before is not None else "-",
+                     "pruned": show(after) if after is not None else "-", "change": change})  # fmt: skip
     return rows
 
 
 def _evaluation_note(evaluation: Mapping[str, Mapping[str, float]]) -> str:
+    """What the figures rest on (tokens, examples, context, runs), and which side was evaluated."""
     sides = [side for side in ("original", "pruned") if evaluation.get(side)]
+    notes = []
+    metrics = evaluation.get("pruned") or evaluation.get("original") or {}
+    if "perplexity.num_tokens" in metrics:
+        window = metrics.get("perplexity.window")
+        notes.append(f"Perplexity over {int(metrics['perplexity.num_tokens']):,} held-out tokens"
+                     + (f" (windows of {int(window)} tokens)" if window else "") + ".")  # fmt: skip
+    if "passkey.num_examples" in metrics:
+        lengths = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("passkey.num_examples@"))
+        per = f" ({int(metrics[f'passkey.num_examples@{lengths[0]}'])} per length)" if lengths else ""
+        notes.append(f"Passkey accuracy over {int(metrics['passkey.num_examples'])} examples{per}.")
+    if "memory.context_length" in metrics:
+        notes.append(f"Memory at {int(metrics['memory.context_length']):,} tokens per sequence, as in Memory above.")
+    if "speed.num_runs" in metrics:
+        notes.append(f"Speed: median of {int(metrics['speed.num_runs'])} decoding runs on the machine that made "
+                     "this card (hardware-dependent).")  # fmt: skip
     if sides == ["pruned"]:
-        return "Only the pruned model was evaluated."
+        notes.append("Only the pruned model was evaluated.")
     if sides == ["original"]:
-        return "Only the original model was evaluated."
-    return ""
+        notes.append("Only the original model was evaluated.")
+    return " ".join(notes)
 
 
 def _bytes(value: int) -> str:

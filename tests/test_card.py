@@ -79,10 +79,14 @@ def test_ragged_card_metadata_and_content(tmp_path):
     assert f"| {100 * memory.total_reduction:.1f}% |" in text
     # evaluation before/after, the recipe, and how to load a ragged model
     assert "| passkey.accuracy | 0.9375 | 0.9062 | -0.03125 (-3.3%) |" in text
-    assert "| memory.linear_state_bytes | 24,576 | 15,360 |" in text
+    assert "| memory.linear_state_bytes | 24.00 KiB | 15.00 KiB | -9.00 KiB (-37.5%) |" in text  # readable bytes
+    assert "e+0" not in text
+    assert "Perplexity over 4,096 held-out tokens." in text  # what each figure rests on
     assert "per_example" not in text
     assert "RankPruningModifier:" in text and "--recipe recipe.yaml" in text
     assert 'from_pretrained("me/next-rp39", trust_remote_code=True)' in text and "import hf_rankprune" in text
+    assert "pip install hf-rankprune" not in text and "`pip install -e .` in a clone" in text
+    assert "no \"pruned\"" in text  # why the relation is "quantized"
     assert "ragged plan" in text
 
 
@@ -166,8 +170,12 @@ def test_save_pretrained_writes_card_and_figures(tmp_path):
         pruner.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["base"]
 
-    pruner.evaluation_results = EVALUATION
+    pruner.evaluation_results = {side: {**values, "memory.context_length": 1024} for side, values in EVALUATION.items()}
+    pruner.model_name = "a display name"  # the license still comes from the folder the model was loaded from
+    pruner.recipe = RECIPE
     folder = pruner.save_pretrained(tmp_path / "out")
+    assert (folder / "recipe.yaml").read_text() == RECIPE  # the card's reproduce line names a file the folder has
+    assert "--recipe recipe.yaml" in (folder / "README.md").read_text()
     assert (folder / "figures" / "rank_trajectories.png").stat().st_size > 1000
     assert (folder / "rank_stats.json").is_file() and (folder / "prune_plan.json").is_file()
     card = ModelCard.load(folder / "README.md")
@@ -177,6 +185,9 @@ def test_save_pretrained_writes_card_and_figures(tmp_path):
     assert "| passkey.accuracy | 0.9375 | 0.9062 |" in card.text
     plan = pruner.pruning_plan
     assert f"{plan.num_removed_value_heads} of {plan.num_value_heads} linear-attention value heads" in card.text
+    # one context length for memory throughout: the evaluation's (1,024), not max_position_embeddings
+    assert "**1,024 tokens**" in card.text and "Memory at 1,024 tokens per sequence" in card.text
+    assert "2,048 tokens" not in card.text and "4,096 tokens" not in card.text
     assert ("trust_remote_code=True" in card.text) == (not plan.is_uniform)
 
 
