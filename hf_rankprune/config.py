@@ -21,6 +21,7 @@ SCORES = ("joint", "rank", "norm", "random")
 DIRECTIONS = ("saturated", "low_rank", "random")
 BUDGETS = ("global", "per_layer", "uniform")
 UNIFORM_ROUNDINGS = ("down", "nearest", "up")
+LAYOUTS = ("auto", "stock")
 TIME_AGGREGATIONS = ("mean", "final")
 
 
@@ -63,6 +64,11 @@ class RankPruneConfig:
             at or above. A byte target takes the smallest count that meets it.
         min_heads_per_layer: value heads every linear layer keeps at least.
         protected_layers: model layer indices whose heads are never removed.
+        layout: how the pruned layers are laid out. "auto": stock modules when the plan has equal consecutive key
+            groups with the same counts in every layer, ragged modules (loaded through hf_rankprune or remote code)
+            otherwise. "stock": every layer keeps the same number of value heads (a "per_layer" budget rounds to
+            it) and key heads are replicated where groups would be unequal, so the checkpoint is a stock
+            configuration that stock transformers and serving engines (vLLM, SGLang) load as it is.
     """
 
     # calibration
@@ -90,6 +96,7 @@ class RankPruneConfig:
     uniform_rounding: str = "down"
     min_heads_per_layer: int = 1
     protected_layers: list[int] = field(default_factory=list)
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,6 +139,7 @@ class RankPruneConfig:
             raise ConfigError("No budget is set: give one of ratio, num_heads or target_state_bytes.")
         _choice(self, "budget", BUDGETS)
         _choice(self, "uniform_rounding", UNIFORM_ROUNDINGS)
+        _choice(self, "layout", LAYOUTS)
         _positive_int(self, "min_heads_per_layer")
         if not isinstance(self.protected_layers, (list, tuple)) or not all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers

@@ -1,8 +1,10 @@
 """`PrunePlan`: which linear-attention heads a pruned model keeps, why, and what it saves.
 
-A plan lists, per linear-attention layer, the value heads kept (sorted original indices), the key heads kept (a key
-head goes when all its value heads go) and the value->key map of the kept heads (for each kept value head, an index
-into the kept key heads). It also carries the scores and settings that chose it, enough model geometry for memory
+A plan lists, per linear-attention layer, the value heads kept (original indices), the key heads kept (a key head
+goes when all its value heads go) and the value->key map of the kept heads (for each kept value head, an index into
+the kept key heads). The lists are the pruned layer's physical layout: plans chosen by scores keep heads in their
+original order, and a stock layout (`PrunePlan.to_stock_layout`) may reorder value heads and repeat key heads so that
+every layer has equal consecutive groups. It also carries the scores and settings that chose it, enough model geometry for memory
 accounting, and serialises to JSON. A pruned model stores its plan in `config.rankprune_plan`, always relative to the
 ORIGINAL model: pruning twice composes the plans (`PrunePlan.compose`).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,8 +61,10 @@ class LayerPlan:
     Attributes:
         layer: index of the layer among the model's decoder layers.
         num_key_heads / num_value_heads / key_dim / value_dim: the layer before pruning.
-        kept_value_heads: sorted indices (in the layer before pruning) of the value heads kept.
-        kept_key_heads: sorted indices of the key heads kept (those read by a kept value head).
+        kept_value_heads: indices (in the layer before pruning) of the value heads kept, in the pruned layer's order
+            (sorted, unless a stock layout regrouped them).
+        kept_key_heads: indices of the key heads kept (those read by a kept value head), in the pruned layer's
+            order; a stock layout may repeat one (a replica: the same q/k weights serving two groups).
         value_to_key: for each kept value head, the index into `kept_key_heads` of the key head it reads.
         source_value_to_key: the value->key map of the layer before pruning (None: stock consecutive grouping).
     """
@@ -138,8 +143,16 @@ class LayerPlan:
         return [k for k in range(self.num_key_heads) if k not in kept]
 
     @property
+    def num_replicated_key_heads(self) -> int:
+        """Key heads kept twice or more by a stock layout (extra copies, not counting the first)."""
+        return len(self.kept_key_heads) - len(set(self.kept_key_heads))
+
+    @property
     def is_pruned(self) -> bool:
-        return self.num_kept_value_heads < self.num_value_heads or self.num_kept_key_heads < self.num_key_heads
+        """The layer differs from the original one: heads removed, or regrouped by a stock layout."""
+        return self.kept_value_heads != list(range(self.num_value_heads)) or self.kept_key_heads != list(
+            range(self.num_key_heads)
+        )
 
     def group_sizes(self) -> list[int]:
         """Number of kept value heads reading each kept key head."""
@@ -171,11 +184,7 @@ class LayerPlan:
         bad = [j for j in kept if not 0 <= j < self.num_value_heads]
         if bad:
             raise PlanError(f"{where}: value heads {bad} are out of range (the layer has {self.num_value_heads}).")
-        if kept != sorted(kept):
-            raise PlanError(f"{where}: kept value heads must be sorted, got {kept}.")
         keys = self.kept_key_heads
-        if len(set(keys)) != len(keys) or keys != sorted(keys):
-            raise PlanError(f"{where}: kept key heads must be sorted and distinct, got {keys}.")
         bad = [k for k in keys if not 0 <= k < self.num_key_heads]
         if bad:
             raise PlanError(f"{where}: key heads {bad} are out of range (the layer has {self.num_key_heads}).")
@@ -183,7 +192,7 @@ class LayerPlan:
         if len(source) != self.num_value_heads or any(not 0 <= k < self.num_key_heads for k in source):
             raise PlanError(f"{where}: source value->key map {source} does not fit the layer.")
         expected_keys = sorted({source[j] for j in kept})
-        if keys != expected_keys:
+        if sorted(set(keys)) != expected_keys:
             raise PlanError(
                 f"{where}: kept key heads {keys} differ from those the kept value heads read ({expected_keys})."
             )
@@ -191,6 +200,8 @@ class LayerPlan:
             not 0 <= m < len(keys) or keys[m] != source[j] for m, j in zip(self.value_to_key, kept, strict=False)
         ):
             raise PlanError(f"{where}: value_to_key {self.value_to_key} is inconsistent with the kept heads.")
+        if set(self.value_to_key) != set(range(len(keys))):
+            raise PlanError(f"{where}: kept key heads {keys} include one that no kept value head reads.")
 
     # -- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -456,6 +467,60 @@ class PrunePlan:
     @property
     def is_identity(self) -> bool:
         return not self.pruned_layers
+
+    @property
+    def num_replicated_key_heads(self) -> int:
+        """Extra key-head copies a stock layout added, over all layers (their q/k weights and conv state)."""
+        return sum(layer.num_replicated_key_heads for layer in self.layers)
+
+    # -- layouts -------------------------------------------------------------------------------------------------
+    def to_stock_layout(self) -> PrunePlan:
+        """The same kept heads laid out as a stock configuration of the original family.
+
+        Every layer must keep the same number of value heads. Value heads are regrouped by the key head they read,
+        and a key head whose group would be larger than the others is replicated (its q/k projection rows and conv
+        channels copied), so that every layer has `num_kept_value_heads / group` equal consecutive groups of `group`
+        value heads. `group` is the greatest common divisor of all group sizes: the least replication. The pruned
+        model is exact (each value head still reads the same key head's weights) and stock transformers, vLLM and
+        SGLang load it from its config alone.
+        """
+        counts = sorted({layer.num_kept_value_heads for layer in self.layers})
+        if len(counts) > 1:
+            raise PlanError(
+                f"a stock layout needs the same number of value heads in every linear layer; this plan keeps {counts} "
+                "in different layers. Use budget='per_layer' (--budget per_layer), which keeps equal counts with "
+                "layout='stock', and no protected_layers; or keep layout='auto' for a ragged checkpoint."
+            )
+        group = math.gcd(*(size for layer in self.layers for size in layer.group_sizes()))
+        layers = []
+        for layer in self.layers:
+            source = layer.source_map()
+            by_key: dict[int, list[int]] = {}
+            for head in layer.kept_value_heads:
+                by_key.setdefault(source[head], []).append(head)
+            values, keys, value_to_key = [], [], []
+            for key in sorted(by_key):
+                heads = sorted(by_key[key])
+                for start in range(0, len(heads), group):
+                    keys.append(key)
+                    values.extend(heads[start : start + group])
+                    value_to_key.extend([len(keys) - 1] * group)
+            stock = copy.deepcopy(layer)
+            stock.kept_value_heads, stock.kept_key_heads, stock.value_to_key = values, keys, value_to_key
+            stock.check()
+            layers.append(stock)
+        settings = dict(self.settings)
+        settings.update(layout="stock", replicated_key_heads=sum(la.num_replicated_key_heads for la in layers))
+        plan = PrunePlan(
+            model_type=self.model_type,
+            layers=layers,
+            scores=copy.deepcopy(self.scores),
+            settings=settings,
+            model_info=dict(self.model_info),
+        )
+        if not plan.is_uniform:  # guards the construction above
+            raise PlanError("internal error: the stock layout is not uniform.")
+        return plan
 
     # -- validation ----------------------------------------------------------------------------------------------
     def check(self) -> None:

@@ -66,7 +66,7 @@ CALIBRATION_FIELDS = ("data", "num_samples", "seq_len", "batch_size", "grid_step
 BUDGET_FIELDS = ("ratio", "num_heads", "target_state_bytes")
 MODIFIER_FIELDS = (
     "rank_eps", "norm", "rank_metric", "time_aggregation", "score", "alpha", "direction",
-    *BUDGET_FIELDS, "budget", "min_heads_per_layer", "protected_layers",
+    *BUDGET_FIELDS, "budget", "min_heads_per_layer", "protected_layers", "layout",
     "uniform_rounding",
 )  # fmt: skip
 MODIFIER_EXTRA_FIELDS = ("start_step",)

@@ -106,7 +106,8 @@ def plan_from_stats(model_or_adapter, stats: RankStats, config: RankPruneConfig)
     settings = {
         key: getattr(config, key)
         for key in ("score", "alpha", "direction", "rank_metric", "norm", "rank_eps", "time_aggregation", "budget",
-                    "ratio", "num_heads", "target_state_bytes", "min_heads_per_layer", "protected_layers", "seed")
+                    "ratio", "num_heads", "target_state_bytes", "min_heads_per_layer", "protected_layers", "seed",
+                    "layout")
     }  # fmt: skip
     settings.update(
         removed_value_heads=sum(len(r) for r in removed),
@@ -115,12 +116,13 @@ def plan_from_stats(model_or_adapter, stats: RankStats, config: RankPruneConfig)
         calibration_samples=stats.num_samples,
         calibration_seq_len=stats.grid[-1],
     )
-    return PrunePlan.from_kept_heads(
+    plan = PrunePlan.from_kept_heads(
         adapter,
         kept,
         scores={layer.index: [float(x) for x in scores[p]] for p, layer in enumerate(layers)},
         settings=settings,
     )
+    return plan.to_stock_layout() if config.layout == "stock" else plan
 
 
 def _requested_heads(layers, state_bytes: list[int], config: RankPruneConfig) -> int | None:
@@ -151,7 +153,15 @@ def _allocate(layers, priorities, state_bytes, config: RankPruneConfig) -> list[
     if config.budget == "per_layer":
         if requested is None:
             requested = _heads_for_bytes_per_layer(layers, eligible, state_bytes, config)
-        quotas = _proportional_quotas({p: layers[p].num_value_heads for p in eligible}, requested)
+        if config.layout == "stock":  # a stock config has one head count: the same removal in every layer
+            quotas = dict.fromkeys(eligible, requested // len(eligible)) if eligible else {}
+            if eligible and not requested // len(eligible):
+                raise PlanError(
+                    f"A stock layout removes the same number of heads in each of the {len(eligible)} linear layers: "
+                    f"the budget ({requested} heads) is below one per layer. Ask for at least {len(eligible)}."
+                )
+        else:
+            quotas = _proportional_quotas({p: layers[p].num_value_heads for p in eligible}, requested)
         for p, quota in quotas.items():
             if quota > capacity[p]:
                 raise PlanError(

@@ -22,6 +22,10 @@ PLANS = {
     "uniform": {0: [0, 1, 4, 5], 1: [2, 3, 6, 7], 3: [0, 3, 5, 6]},
     # uniform with a key head dropped in every layer
     "uniform_key_drop": {0: [4, 5, 6, 7], 1: [0, 1, 2, 3], 3: [0, 1, 2, 3]},
+    # the same count everywhere, unequal groups: a stock layout replicates key heads (groups of 2, one extra key head)
+    "equal_counts": {0: [0, 1, 2, 3, 4, 5], 1: [2, 3, 4, 5, 6, 7], 3: [0, 1, 2, 3, 6, 7]},
+    # the same count everywhere, groups of 1 and 2: a stock layout gives every value head its own key head
+    "equal_counts_odd": {0: [0, 1, 4], 1: [0, 4, 5], 3: [1, 2, 7]},
 }
 UNIFORM = {"uniform", "uniform_key_drop"}
 

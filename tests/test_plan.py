@@ -72,9 +72,15 @@ def test_malformed_dicts_are_rejected(model):
     values["layers"][0]["kept_key_heads"] = [1]
     with pytest.raises(PlanError, match="kept key heads"):
         PrunePlan.from_dict(values)
+    # the lists are the pruned layer's physical order: a reordering must keep each value head with its key head
     values = PrunePlan.from_kept_heads(model, PLANS["global"]).to_dict()
-    values["layers"][0]["kept_value_heads"] = [3, 0, 2, 5]
-    with pytest.raises(PlanError, match="must be sorted"):
+    values["layers"][0]["kept_value_heads"] = [5, 0, 2, 3]
+    with pytest.raises(PlanError, match="inconsistent with the kept heads"):
+        PrunePlan.from_dict(values)
+    values["layers"][0]["kept_key_heads"] = [0, 0, 1]
+    values["layers"][0]["kept_value_heads"] = [0, 2, 3, 5]
+    values["layers"][0]["value_to_key"] = [0, 0, 0, 2]
+    with pytest.raises(PlanError, match="one that no kept value head reads"):
         PrunePlan.from_dict(values)
     with pytest.raises(PlanError, match="missing"):
         PrunePlan.from_dict({"layers": []})
@@ -160,3 +166,26 @@ def test_paper_figure_on_real_head_shapes():
     assert plan.num_removed_value_heads == 448 and memory.state_reduction == pytest.approx(448 / 1152)
     assert memory.state_bytes_before == 36 * 32 * 128 * 128 * 4
     assert memory.kv_cache_bytes == 12 * 2 * 2 * 256 * 32768 * 2
+
+
+def test_stock_layout_replicates_the_fewest_key_heads(model):
+    """Equal counts, unequal groups: value heads regrouped by key head, key heads copied so every group has the
+    greatest common size; the result is uniform (a stock config) and keeps the same heads."""
+    plan = PrunePlan.from_kept_heads(model, PLANS["equal_counts"])
+    assert not plan.is_uniform
+    stock = plan.to_stock_layout()
+    assert stock.is_uniform and stock.settings["layout"] == "stock"
+    layer = stock.layer(0)  # kept 0-3 (key 0) and 4-5 (key 1): groups of 2
+    assert layer.kept_key_heads == [0, 0, 1] and layer.value_to_key == [0, 0, 1, 1, 2, 2]
+    assert stock.num_replicated_key_heads == 3  # one extra key head in each of the three layers
+    for before, after in zip(plan.layers, stock.layers):
+        assert sorted(after.kept_value_heads) == before.kept_value_heads
+    memory = stock.memory()
+    assert memory.state_bytes_after == plan.memory().state_bytes_after
+    assert memory.conv_bytes_after > plan.memory().conv_bytes_after  # the replicas' q/k conv channels
+    odd = PrunePlan.from_kept_heads(model, PLANS["equal_counts_odd"]).to_stock_layout()
+    assert all(layer.value_to_key == [0, 1, 2] for layer in odd.layers)  # groups of 1 and 2 -> groups of 1
+    assert odd.layer(1).kept_key_heads == [0, 1, 1]
+    with pytest.raises(PlanError, match="same number of value heads in every linear layer"):
+        PrunePlan.from_kept_heads(model, PLANS["global"]).to_stock_layout()
+    assert PrunePlan.from_dict(stock.to_dict()).to_dict() == stock.to_dict()

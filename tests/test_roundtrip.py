@@ -17,14 +17,14 @@ import textwrap
 
 import pytest
 import torch
-from _pruning_reference import PLANS, UNIFORM, greedy, zeroed_reference
+from _pruning_reference import PLANS, greedy, zeroed_reference
 from conftest import save_tiny_model
 from transformers import AutoConfig
 
 from hf_rankprune.checkpoint import SavedCheckpointError, load_report
 from hf_rankprune.loading import load_model_and_tokenizer
 from hf_rankprune.plan import PrunePlan
-from hf_rankprune.surgery import apply_plan, save_pruned
+from hf_rankprune.surgery import apply_plan, model_plan, save_pruned
 
 FORMS = {  # name: (family, vision-language)
     "next_moe": ("qwen3_next", False),
@@ -33,12 +33,13 @@ FORMS = {  # name: (family, vision-language)
     "35_vl": ("qwen3_5", True),
     "35_moe_vl": ("qwen3_5_moe", True),
 }
-KINDS = {  # plan kind: kept value heads per layer (tests/_pruning_reference.py)
-    "uniform": "uniform",
-    "uniform_key_drop": "uniform_key_drop",
-    "per_layer": "ragged_groups",
-    "global": "global",
-    "key_groups": "key_groups",
+KINDS = {  # plan kind: (kept value heads per layer, tests/_pruning_reference.py; stock layout)
+    "uniform": ("uniform", False),
+    "uniform_key_drop": ("uniform_key_drop", False),
+    "per_layer": ("ragged_groups", False),
+    "global": ("global", False),
+    "key_groups": ("key_groups", False),
+    "stock_layout": ("equal_counts", True),
 }
 PROMPT = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(5))
 TOLERANCE = 1e-5
@@ -52,10 +53,11 @@ def matrix(tmp_path_factory):
     for form, (family, vision) in FORMS.items():
         source = save_tiny_model(family, root / f"{form}.source", vision=vision)
         original, _ = load_model_and_tokenizer(str(source))
-        for kind, plan_name in KINDS.items():
+        for kind, (plan_name, stock) in KINDS.items():
             kept = PLANS[plan_name]
             model, tokenizer = load_model_and_tokenizer(str(source))
-            apply_plan(model, PrunePlan.from_kept_heads(model, kept, settings={"kind": kind}))
+            plan = PrunePlan.from_kept_heads(model, kept, settings={"kind": kind})
+            apply_plan(model, plan.to_stock_layout() if stock else plan)
             folder = save_pruned(model, root / f"{form}-{kind}", tokenizer)
             reference = zeroed_reference(original, kept)
             with torch.no_grad():
@@ -68,7 +70,7 @@ def matrix(tmp_path_factory):
                 "sequences": sequences,
                 "decode": decode,
                 "visual": original.model.visual.state_dict() if vision else None,
-                "uniform": plan_name in UNIFORM,
+                "uniform": model_plan(model).is_uniform,
             }
             torch.save(expected, root / f"{form}-{kind}.expected.pt")
             cases[f"{form}-{kind}"] = folder
@@ -166,7 +168,7 @@ def test_reload_in_a_fresh_process(matrix, mode, tmp_path):
         assert row["same_tokens"], (case, row)
         form = case.split("-")[0]
         assert row["visual_equal"] is (True if FORMS[form][1] else None), (case, row)
-        ragged = case.split("-")[1] not in ("uniform", "uniform_key_drop")
+        ragged = case.split("-")[1] not in ("uniform", "uniform_key_drop", "stock_layout")
         if mode == "remote":
             assert row["class"].startswith("transformers_modules") and "RankPruned" in row["class"], (case, row)
         elif not ragged:

@@ -192,7 +192,7 @@ def pruned_layer_specs(config) -> dict[int, tuple[int, int, list[int]]]:
     specs = {}
     for layer in plan.get("layers", []):
         kept_values, kept_keys = layer["kept_value_heads"], layer["kept_key_heads"]
-        if len(kept_values) < layer["num_value_heads"] or len(kept_keys) < layer["num_key_heads"]:
+        if kept_values != list(range(layer["num_value_heads"])) or kept_keys != list(range(layer["num_key_heads"])):
             specs[int(layer["layer"])] = (len(kept_keys), len(kept_values), list(layer["value_to_key"]))
     return specs
 
