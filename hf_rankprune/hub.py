@@ -19,6 +19,8 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import filter_repo_objects, get_token, validate_repo_id
 
+from .utils import OUTPUT_MARKER
+
 try:  # huggingface_hub >= 2 talks through httpx2, 1.x through httpx
     import httpx2 as _httpx
 except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
@@ -28,8 +30,9 @@ __all__ = ["HubPushError", "push_folder"]
 
 logger = logging.getLogger(__name__)
 
-# What `upload_folder` never uploads (git metadata, huggingface_hub's local-dir cache).
+# What `upload_folder` never uploads (git metadata, huggingface_hub's local-dir cache, the marker of local outputs).
 _IGNORE_PATTERNS = [
+    OUTPUT_MARKER,
     ".git",
     ".git/*",
     "*/.git",

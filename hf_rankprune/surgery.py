@@ -66,13 +66,14 @@ def save_pruned(
     plan = model_plan(model)
     if plan is None:
         raise PlanError("the model carries no prune plan (config.rankprune_plan): prune it before save_pruned.")
-    check_output_dir(save_directory, overwrite)
+    inputs = (getattr(model, "name_or_path", None), source_model)  # the output may not overlap what was read
+    check_output_dir(save_directory, overwrite, inputs)
     ragged = not plan.is_uniform
     if ragged:
         check_can_carry_ragged(model)
     if max_shard_size is not None:
         save_kwargs["max_shard_size"] = max_shard_size
-    with atomic_output_dir(save_directory, overwrite) as staging:
+    with atomic_output_dir(save_directory, overwrite, inputs) as staging:
         model.save_pretrained(staging, safe_serialization=True, **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

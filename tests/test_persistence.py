@@ -42,14 +42,13 @@ def _logits(model) -> torch.Tensor:
         return model(_ids()).logits.float()
 
 
-def _pruned(family: str, kind: str, dtype=torch.float32):
-    model = build_tiny_model(family)
+def _pruned(model, kind: str, dtype=torch.float32):
     apply_plan(model, PrunePlan.from_kept_heads(model, PLANS[kind], settings={"kind": kind}))
     return model.to(dtype)
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tmp_path_factory, load_tiny_checkpoint):
     """Folders of pruned models and their in-memory logits: {name: (folder, logits, model)}."""
     root = tmp_path_factory.mktemp("pruned")
     cases = {
@@ -61,7 +60,7 @@ def saved(tmp_path_factory):
     }
     out = {}
     for name, (family, kind, dtype, shard) in cases.items():
-        model = _pruned(family, kind, dtype)
+        model = _pruned(load_tiny_checkpoint(family), kind, dtype)
         folder = save_pruned(model, root / name, tokenizer=_tokenizer(), max_shard_size=shard)
         out[name] = (folder, _logits(model), model)
     return out
@@ -141,21 +140,27 @@ def test_load_without_hf_rankprune(saved, tmp_path):
         assert torch.equal(loaded, logits), name
 
 
-def test_existing_folder_refused_and_overwrite(tmp_path):
-    model = _pruned("qwen3_5", "uniform")
+def test_existing_folder_refused_and_overwrite(tmp_path, load_tiny_checkpoint):
+    """A folder of the user's is never replaced, not even with overwrite=True; an earlier output of this tool is."""
+    model = _pruned(load_tiny_checkpoint("qwen3_5"), "uniform")
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         save_pruned(model, target)
+    with pytest.raises(FileExistsError, match="did not write"):
+        save_pruned(model, target, overwrite=True)
     assert os.listdir(target) == ["keep.txt"]
+    (target / "keep.txt").unlink()
+    save_pruned(model, target)
+    first = (target / "model.safetensors").read_bytes()
     save_pruned(model, target, overwrite=True)
-    assert "keep.txt" not in os.listdir(target) and (target / PLAN_FILE).exists()
+    assert (target / PLAN_FILE).exists() and (target / "model.safetensors").read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
-    model = _pruned("qwen3_next", "global")
+def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch, load_tiny_checkpoint):
+    model = _pruned(load_tiny_checkpoint("qwen3_next"), "global")
 
     class Broken:
         def save_pretrained(self, path):

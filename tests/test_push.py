@@ -23,6 +23,7 @@ from hf_rankprune.cli import main
 from hf_rankprune.config import RankPruneConfig
 from hf_rankprune.hub import HubPushError
 from hf_rankprune.pruner import RankPruner
+from hf_rankprune.utils import OUTPUT_MARKER
 
 BASE = "org/tiny-qwen3_5"
 TOKEN = "hf_local_test_token_0123456789"
@@ -64,7 +65,12 @@ def logits(model) -> torch.Tensor:
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The files a push uploads: all but the local marker of hf_rankprune outputs."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != OUTPUT_MARKER
+    }
 
 
 LOADER = textwrap.dedent(

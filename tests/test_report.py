@@ -22,7 +22,7 @@ def synthetic_stats(low_heads, categories=("math", "technical"), flip_in=None):
                     low = not low
                 rank = (2.0 + 0.1 * head) if low else (14.0 + 0.15 * head)
                 for metric in METRICS:
-                    value = rank if metric == "threshold_rank" else rank * 1.5
+                    value = rank if metric.endswith("_rank") else rank * 1.5
                     accumulator.sums[metric][layer][head, :] = 3 * value
                     accumulator.squares[metric][layer][head, :] = 3 * value**2
         stats.categories[category] = accumulator
