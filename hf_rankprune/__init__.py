@@ -26,6 +26,10 @@ from .surgery import apply_plan, model_plan, save_pruned
 
 __version__ = "0.1.0"
 
+from .loading import quiet_gpu_kernel_notices_on_cpu  # noqa: E402
+
+quiet_gpu_kernel_notices_on_cpu()  # CPU users are not told to install GPU-only kernels
+
 __all__ = [
     "BUILTIN_CATEGORIES",
     "AdapterError",

@@ -102,7 +102,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import BUDGETS, DIRECTIONS, NORMS, SCORES, UNIFORM_ROUNDINGS
+    from .config import BUDGETS, DIRECTIONS, LAYOUTS, NORMS, SCORES, UNIFORM_ROUNDINGS
 
     defaults = RankPruneConfig()
     parser.add_argument("--ratio", type=float, default=None, help=f"fraction of value heads to remove "
@@ -118,6 +118,11 @@ def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-heads-per-layer", type=int, default=None,
                         help=f"default {defaults.min_heads_per_layer}")  # fmt: skip
     parser.add_argument("--protected-layers", default=None, help="comma-separated layer indices never pruned")
+    parser.add_argument("--layout", choices=LAYOUTS, default=None,
+                        help="'stock': the same head count in every layer, key heads replicated where groups would be "
+                        "unequal, so stock transformers and serving engines (vLLM) load the result; use it with "
+                        f"--budget per_layer for a servable model (default {defaults.layout}: stock when the plan "
+                        "allows it, ragged otherwise)")  # fmt: skip
     parser.add_argument("--uniform-rounding", choices=UNIFORM_ROUNDINGS, default=None,
                         help="with --budget uniform, which achievable head count to take when the request is not one: "
                         "'down' (nearest at or below; refused when none), 'nearest' or 'up' "
@@ -128,7 +133,7 @@ def _pruning_overrides(args: argparse.Namespace) -> dict:
     overrides = {
         name: getattr(args, name)
         for name in ("num_heads", "target_state_bytes", "alpha", "score", "norm", "budget", "direction",
-                     "min_heads_per_layer", "uniform_rounding")
+                     "min_heads_per_layer", "uniform_rounding", "layout")
         if getattr(args, name, None) is not None
     }  # fmt: skip
     given = [flag for flag, name in (("--ratio", "ratio"), ("--num-heads", "num_heads"),
@@ -265,7 +270,8 @@ def _float_list(text: str, flag: str) -> list[float]:
 def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", default="512,1024", help="passkey context lengths in tokens (default 512,1024)")
     parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="passkey depths in [0, 1]")
-    parser.add_argument("--num-keys", type=int, default=10, help="passkeys per length and depth (default 10)")
+    parser.add_argument("--num-keys", type=int, default=4,
+                        help="passkeys per length and depth (default 4, as recipes/demo.yaml)")  # fmt: skip
 
 
 def _eval_kwargs(args: argparse.Namespace, model_path: str, tasks: Sequence[str]) -> dict:
@@ -366,11 +372,23 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hf-rankprune")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-rankprune",
         description="State-rank analysis and head pruning for linear-attention LLMs.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     analyze = commands.add_parser(

@@ -22,6 +22,25 @@ DEMO_MODEL_NAME = "hf_rankprune demo model (hf_rankprune/assets/demo_model)"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class _CpuKernelNotice:
+    """A logging filter: drops transformers' "install `flash-linear-attention` / `causal_conv1d` for the optimized
+    kernel" notices on machines without CUDA, where those GPU-only kernels cannot run anyway."""
+
+    MARK = "is falling back to its reference PyTorch implementation"
+
+    def filter(self, record) -> bool:
+        return self.MARK not in str(record.getMessage()) or torch.cuda.is_available()
+
+
+def quiet_gpu_kernel_notices_on_cpu() -> None:
+    """Install `_CpuKernelNotice` on transformers' kernel logger (once)."""
+    import logging
+
+    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    if not any(isinstance(f, _CpuKernelNotice) for f in logger.filters):
+        logger.addFilter(_CpuKernelNotice())
+
+
 class ModelLoadError(ValueError):
     """The model cannot be found or is not a model this tool handles."""
 

@@ -108,7 +108,12 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
 
 
 def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False)
+    """Token ids of `text`; documents longer than the model's context are fine here (perplexity cuts windows), so
+    the tokenizer's "sequence length is longer than the specified maximum" warning is not shown."""
+    try:
+        return tokenizer.encode(text, add_special_tokens=False, verbose=False)
+    except TypeError:  # a tokenizer without `verbose`
+        return tokenizer.encode(text, add_special_tokens=False)
 
 
 # ------------------------------------------------------------------------------------------ perplexity

@@ -1,0 +1,41 @@
+"""What a newcomer meets first (issue 17): --version, CLI defaults that match the demo, quiet CPU runs."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from hf_rankprune.cli import build_parser, main
+from hf_rankprune.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hf-rankprune {__import__('hf_rankprune').__version__}"
+
+
+def test_eval_and_probe_num_keys_default_is_the_demo_recipes():
+    demo = load_recipe(REPO / "recipes" / "demo.yaml").evaluation
+    parser = build_parser()
+    assert parser.parse_args(["eval", "--out", "r.json"]).num_keys == demo["num_keys"] == 4
+    assert parser.parse_args(["probe", "--out", "p"]).num_keys == 4
+
+
+def test_gpu_kernel_notices_are_dropped_on_cpu_only(monkeypatch):
+    import torch
+
+    import hf_rankprune  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    notice = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "`chunk_gated_delta_rule` is falling back to "
+                               "its reference PyTorch implementation because `flash-linear-attention` is not "
+                               "installed.", None, None)  # fmt: skip
+    other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "something else", None, None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not logger.filter(notice) and logger.filter(other)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # on a GPU machine the advice is useful
+    assert logger.filter(notice)
