@@ -88,6 +88,7 @@ def _analyze(args: argparse.Namespace) -> int:
     model_path = resolve_model_path(args.model)
     inputs = _run_inputs(args, model_path, config)
     check_output_dir(args.out, args.overwrite, inputs)
+    _check_seq_len(config.seq_len, model_path)
     model, tokenizer = load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)
     samples = load_calibration_samples(config.data, tokenizer, config.num_samples, config.seq_len, config.seed)
     stats = calibrate(model, samples, config, progress=not args.quiet, model_name=str(args.model or DEMO_MODEL_NAME))
@@ -99,6 +100,16 @@ def _analyze(args: argparse.Namespace) -> int:
         f"Spearman early/late {stab['spearman_rank_early_vs_late']:.3f}. Report: {args.out}/report.md"
     )
     return 0
+
+
+def _check_seq_len(seq_len: int, model_path: str) -> None:
+    """Calibration samples must fit the model's positions, as `eval --lengths` must (checked on the config, before
+    any weight is loaded)."""
+    from .loading import load_config
+
+    limit = getattr(load_config(model_path).get_text_config(), "max_position_embeddings", None)
+    if limit is not None and seq_len > limit:
+        raise UsageError(f"--seq-len {seq_len} goes beyond the model's context (max_position_embeddings={limit}).")
 
 
 def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +197,8 @@ def _prune(args: argparse.Namespace) -> int:
     model_path = resolve_model_path(args.model)
     check_output_dir(args.out, args.overwrite, _run_inputs(args, model_path, config))
     stats = RankStats.from_json_file(args.stats) if args.stats else None
+    if stats is None:
+        _check_seq_len(config.seq_len, model_path)
     evaluation = _recipe_evaluation(recipe, model_path)
     push = dict(recipe.push_to_hub) if recipe is not None and recipe.push_to_hub else None
     if push is not None:
@@ -332,6 +345,8 @@ def _probe(args: argparse.Namespace) -> int:
     if not seeds:
         raise UsageError("--seeds: give at least one seed for the random control.")
     stats = RankStats.from_json_file(args.stats) if args.stats else None
+    if stats is None:
+        _check_seq_len(config.seq_len, model_path)
     eval_kwargs = _eval_kwargs(args, model_path, ["passkey"])
     pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype)
     if stats is None:

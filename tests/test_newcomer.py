@@ -39,3 +39,13 @@ def test_gpu_kernel_notices_are_dropped_on_cpu_only(monkeypatch):
     assert not logger.filter(notice) and logger.filter(other)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # on a GPU machine the advice is useful
     assert logger.filter(notice)
+
+
+@pytest.mark.parametrize("command", ["analyze", "prune", "probe"])
+def test_seq_len_beyond_the_models_context_is_refused_before_loading(tmp_path, capsys, command):
+    """`--seq-len` past max_position_embeddings is refused like `eval --lengths` is (the demo model has 2,048)."""
+    out = tmp_path / "out"
+    code = main([command, "--seq-len", "100000", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--seq-len 100000 goes beyond the model's context (max_position_embeddings=2048)" in err
+    assert not out.exists()
