@@ -225,8 +225,11 @@ def _prune(args: argparse.Namespace) -> int:
         from .evaluation import evaluate_model
 
         tasks = evaluation.pop("tasks")
+        evaluation.setdefault("progress", not args.quiet)
+        print(f"Evaluating the original model ({', '.join(tasks)})", flush=True)
         original = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
         pruner.prune()
+        print(f"Evaluating the pruned model ({', '.join(tasks)})", flush=True)
         pruned = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
         pruner.evaluation_results = {"original": original, "pruned": pruned}
     pruner.save_pretrained(args.out, overwrite=args.overwrite)
@@ -237,8 +240,9 @@ def _prune(args: argparse.Namespace) -> int:
         f"{memory.state_bytes_after} bytes per sequence ({memory.state_reduction:.1%} less). Saved to {args.out}"
     )
     if evaluation is not None:
-        for key in sorted(original):
-            print(f"{key}: {original[key]} -> {pruned[key]}")
+        from .evaluation import results_table
+
+        print(results_table({"original": original, "pruned": pruned}))
     if push is not None:
         from .hub import push_folder
 
@@ -323,10 +327,11 @@ def _eval(args: argparse.Namespace) -> int:
     check_output_file(args.out, args.overwrite, _run_inputs(args, model_path))
     kwargs = _eval_kwargs(args, model_path, tasks)
     model, tokenizer = load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)
-    results = evaluate_model(model, tokenizer, tasks, **kwargs)
+    results = evaluate_model(model, tokenizer, tasks, progress=True, **kwargs)
     atomic_write_text(args.out, json.dumps(results, indent=2, sort_keys=True) + "\n")
-    for key in sorted(results):
-        print(f"{key}: {results[key]}")
+    from .evaluation import results_table
+
+    print(results_table({"value": results}))
     return 0
 
 
@@ -358,7 +363,7 @@ def _probe(args: argparse.Namespace) -> int:
         return load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)[0]
 
     result = run_probe(pruner.model, pruner.tokenizer, stats, config, num_heads=args.probe_heads, seeds=seeds,
-                       model_factory=fresh_model, eval_kwargs=eval_kwargs)  # fmt: skip
+                       model_factory=fresh_model, eval_kwargs=eval_kwargs, progress=not args.quiet)  # fmt: skip
     with atomic_output_dir(args.out, args.overwrite, inputs) as staging:
         write_probe(result, staging)
         stats.to_json_file(staging / "rank_stats.json")

@@ -69,11 +69,13 @@ def run_probe(
     seeds: Sequence[int] = (0, 1, 2),
     model_factory: Callable[[], torch.nn.Module] | None = None,
     eval_kwargs: dict | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the original model and every variant on passkey accuracy and perplexity.
 
     `model_factory` builds a fresh copy of the original model for each variant (default: a deep copy of `model`;
     pass a loader for models too large to copy). Returns a JSON-ready dict with one row per variant and a verdict.
+    `progress`: name each variant as it starts ("probe 2/7: ...") and show the evaluation's progress bars.
     """
     from .evaluation import evaluate_model
 
@@ -86,8 +88,18 @@ def run_probe(
     factory = model_factory or (lambda: copy.deepcopy(model))
     plans = {name: plan_from_stats(adapter, stats, variant) for name, variant in variants.items()}  # all checked first
 
+    if progress:
+        eval_kwargs.setdefault("progress", True)
+    steps = len(plans) + 1
+
+    def say(step: int, name: str) -> None:
+        if progress:
+            print(f"      probe {step}/{steps}: {_row_label(name, k)}", flush=True)
+
+    say(1, "original")
     rows = {"original": {"removed_heads": 0, **evaluate_model(model, tokenizer, PROBE_TASKS, **eval_kwargs)}}
-    for name, plan in plans.items():
+    for step, (name, plan) in enumerate(plans.items(), start=2):
+        say(step, name)
         variant_model = factory()
         apply_plan(variant_model, plan)
         rows[name] = {"removed_heads": k, **evaluate_model(variant_model, tokenizer, PROBE_TASKS, **eval_kwargs)}

@@ -49,3 +49,18 @@ def test_seq_len_beyond_the_models_context_is_refused_before_loading(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "--seq-len 100000 goes beyond the model's context (max_position_embeddings=2048)" in err
     assert not out.exists()
+
+
+def test_results_print_rounded_in_a_table():
+    from hf_rankprune.evaluation import results_table
+
+    table = results_table({"original": {"passkey.accuracy": 1.0, "perplexity.perplexity": 53.7512345,
+                                        "memory.kv_cache_bytes": 524288, "perplexity.num_tokens": 19961},
+                           "pruned": {"passkey.accuracy": 0.825, "perplexity.perplexity": 93.0833,
+                                      "memory.kv_cache_bytes": 524288, "perplexity.num_tokens": 19961}})  # fmt: skip
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "original", "pruned"] and set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["passkey.accuracy", "100.0%", "82.5%"]
+    assert lines[3].split() == ["perplexity.perplexity", "53.75", "93.08"]
+    assert lines[4].split() == ["memory.kv_cache_bytes", "524,288", "B", "524,288", "B"]
+    assert lines[5].split() == ["perplexity.num_tokens", "19,961", "19,961"]

@@ -14,9 +14,11 @@ __all__ = [
     "KNOWN_TASKS",
     "decode_runs",
     "evaluate_model",
+    "format_value",
     "greedy_generate",
     "load_metric",
     "memory_layers",
+    "results_table",
     "token_log_probs",
 ]
 

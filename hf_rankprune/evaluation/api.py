@@ -127,12 +127,14 @@ def token_log_probs(
     stride: int | None = None,
     max_tokens: int | None = None,
     batch_size: int = 4,
+    progress: bool = False,
 ) -> list[list[float]]:
     """Log-probabilities of the tokens of `texts` (joined by the eos token), window by window.
 
     With `stride` None (= `window`) the stream is cut into fixed non-overlapping windows and every token but
     the first of a window is scored. With `stride` < `window` (sliding windows) each window after the first
     scores only its last `stride` tokens, the rest being context. `max_tokens` caps the stream's length.
+    `progress`: a progress bar over the windows.
     """
     stride = window if stride is None else stride
     if window < 2 or not 1 <= stride <= window:
@@ -168,6 +170,7 @@ def token_log_probs(
         start += stride
     device = _device(model)
     results: list[list[float]] = []
+    bar = _bar(len(spans), f"perplexity ({len(stream):,} tokens)", "window", progress)
     for i in range(0, len(spans), batch_size):
         group = spans[i : i + batch_size]
         for same_len in {e - s for s, e, _ in group}:
@@ -177,7 +180,15 @@ def token_log_probs(
             logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
             for row, (_, _, first) in enumerate(chunk):
                 results.append(logp[row, first - 1 :].double().cpu().tolist())
+        bar.update(len(group))
+    bar.close()
     return results
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -313,6 +324,7 @@ def evaluate_model(
     speed_runs: int = 3,
     kv_dtype_bytes: int | None = None,
     state_dtype_bytes: int = 4,
+    progress: bool = False,
 ) -> dict:
     """Evaluate `model` on `tasks`; returns a flat dict keyed `"<task>.<metric>"`.
 
@@ -329,6 +341,8 @@ def evaluate_model(
     - speed: median decode tokens/s over `speed_runs` runs of `speed_new_tokens` greedy tokens after a
       `speed_prompt_length`-token prompt. Keys: decode_tokens_per_s, decode_ms_per_token, num_runs.
 
+    `progress`: progress bars over perplexity windows, passkey examples and speed runs (each names its task).
+
     Arguments are validated before any work: unknown tasks, a passkey length grid beyond the model's
     max_position_embeddings, depths outside [0, 1] raise ValueError.
     """
@@ -342,7 +356,8 @@ def evaluate_model(
                 from .texts import heldout_texts
 
                 texts = heldout_texts()
-            log_probs = token_log_probs(model, tokenizer, texts, window=window, stride=stride, max_tokens=max_tokens)
+            log_probs = token_log_probs(model, tokenizer, texts, window=window, stride=stride, max_tokens=max_tokens,
+                                        progress=progress)  # fmt: skip
             _merge(results, "perplexity", load_metric("perplexity").compute(log_probs=log_probs))
             if max_tokens is not None:
                 results["perplexity.max_tokens"] = int(max_tokens)
@@ -351,10 +366,13 @@ def evaluate_model(
             samples = pk.evaluation_samples(tokenizer, lengths, depths, num_keys, seed, num_digits, filler)
             eos = getattr(tokenizer, "eos_token_id", None)
             predictions = []
+            bar = _bar(len(samples), f"passkey ({len(samples)} examples)", "example", progress)
             for sample in samples:
                 ids = torch.tensor([_encode(tokenizer, sample.prompt)])
                 new = greedy_generate(model, ids, num_digits + 2, eos_token_id=eos)
                 predictions.append(tokenizer.decode(new, skip_special_tokens=True))
+                bar.update(1)
+            bar.close()
             scores = load_metric("passkey").compute(
                 predictions=predictions,
                 references=[s.key for s in samples],
@@ -393,3 +411,32 @@ def evaluate_model(
 def _merge(results: dict, task: str, scores: dict) -> None:
     for key, value in scores.items():
         results[f"{task}.{key}"] = value
+
+
+def format_value(key: str, value) -> str:
+    """A result rounded for people: accuracies in %, bytes with separators, counts as integers, others 4 digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    metric = key.split(".", 1)[-1]
+    if metric.startswith("accuracy"):
+        return f"{value:.1%}"
+    if metric.endswith("_bytes"):
+        return f"{int(value):,} B"
+    if metric.startswith("num_") or metric in ("context_length", "max_tokens", "window", "linear_value_heads"):
+        return f"{int(value):,}"
+    return f"{value:,.2f}" if abs(value) >= 10 else f"{value:.4g}"
+
+
+def results_table(columns: dict[str, dict]) -> str:
+    """`{"original": results, "pruned": results}` (or one column) as an aligned text table, values rounded."""
+    keys = list(dict.fromkeys(key for results in columns.values() for key in results))
+    rows = [["metric", *columns]] + [
+        [key, *(format_value(key, results[key]) if key in results else "-" for results in columns.values())]
+        for key in keys
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
