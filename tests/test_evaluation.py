@@ -132,6 +132,19 @@ def test_speed_metric_median():
     assert out["decode_ms_per_token"] == pytest.approx(100.0)
     with pytest.raises(ValueError):
         load_metric("speed").compute(num_tokens=[10], seconds=[0.0])
+    # the spread over runs comes with the median: 5 to 20 tokens/s around a median of 10
+    assert (out["decode_tokens_per_s_min"], out["decode_tokens_per_s_max"]) == pytest.approx((5.0, 20.0))
+    assert out["decode_spread"] == pytest.approx(1.5)
+
+
+def test_speed_runs_that_disagree_are_a_warning(monkeypatch):
+    from hf_rankprune.evaluation import api
+
+    monkeypatch.setattr(api, "decode_runs", lambda *a, **k: ([32, 32, 32], [1.0, 1.0, 3.0]))
+    model = FixedDistributionLM(torch.full((8,), 1 / 8))
+    with pytest.warns(UserWarning, match=r"the 3 decoding runs disagree \(10.7 to 32.0 tokens/s, median 32.0\)"):
+        out = evaluate_model(model, None, tasks=("speed",))
+    assert out["speed.num_runs"] == 3
 
 
 # ------------------------------------------------------------------------------------ passkey documents

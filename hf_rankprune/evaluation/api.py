@@ -23,6 +23,7 @@ from . import passkey as pk
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 KNOWN_TASKS = ("perplexity", "passkey", "memory", "speed")
+SPEED_SPREAD_WARNING = 0.25  # (max - min) / median tokens/s above which the speed runs are reported as disagreeing
 
 _METRIC_CACHE: dict[str, object] = {}
 
@@ -321,7 +322,7 @@ def evaluate_model(
     filler: Sequence[str] = pk.DEFAULT_FILLER,
     speed_prompt_length: int = 128,
     speed_new_tokens: int = 32,
-    speed_runs: int = 3,
+    speed_runs: int = 5,
     kv_dtype_bytes: int | None = None,
     state_dtype_bytes: int = 4,
     progress: bool = False,
@@ -339,7 +340,9 @@ def evaluate_model(
       (default: max(lengths)), head counts read per layer from the modules. Keys: linear_state_bytes,
       conv_state_bytes, kv_cache_bytes, total_bytes, linear_value_heads, ...
     - speed: median decode tokens/s over `speed_runs` runs of `speed_new_tokens` greedy tokens after a
-      `speed_prompt_length`-token prompt. Keys: decode_tokens_per_s, decode_ms_per_token, num_runs.
+      `speed_prompt_length`-token prompt, with the spread (min, max); runs that disagree by more than 25% of the
+      median are a warning. Keys: decode_tokens_per_s, decode_tokens_per_s_min, decode_tokens_per_s_max,
+      decode_spread, decode_ms_per_token, num_runs.
 
     `progress`: progress bars over perplexity windows, passkey examples and speed runs (each names its task).
 
@@ -402,7 +405,16 @@ def evaluate_model(
                 runs=speed_runs,
                 seed=seed,
             )
-            _merge(results, "speed", load_metric("speed").compute(num_tokens=counts, seconds=seconds))
+            speed = load_metric("speed").compute(num_tokens=counts, seconds=seconds)
+            _merge(results, "speed", speed)
+            if speed["decode_spread"] > SPEED_SPREAD_WARNING:
+                warnings.warn(
+                    f"speed: the {len(counts)} decoding runs disagree ({speed['decode_tokens_per_s_min']:.1f} to "
+                    f"{speed['decode_tokens_per_s_max']:.1f} tokens/s, median {speed['decode_tokens_per_s']:.1f}): "
+                    "the machine is busy or throttling, so treat the speed figure as noise.",
+                    UserWarning,
+                    stacklevel=2,
+                )
     finally:
         model.train(was_training)
     return results

@@ -11,7 +11,9 @@ Args (one entry per timed run):
     num_tokens: tokens decoded in the run.
     seconds: wall-clock seconds of the run's decode phase.
 Returns:
-    decode_tokens_per_s (median over runs), decode_ms_per_token (median), num_runs.
+    decode_tokens_per_s (median over runs), decode_tokens_per_s_min / _max (the spread over runs),
+    decode_spread ((max - min) / median: above 0.25 the runs disagree, e.g. on a busy machine), decode_ms_per_token
+    (median), num_runs.
 """
 
 
@@ -34,6 +36,9 @@ class Speed(evaluate.Metric):
         rates = [n / s for n, s in zip(num_tokens, seconds)]
         return {
             "decode_tokens_per_s": statistics.median(rates),
+            "decode_tokens_per_s_min": min(rates),
+            "decode_tokens_per_s_max": max(rates),
+            "decode_spread": (max(rates) - min(rates)) / statistics.median(rates),
             "decode_ms_per_token": statistics.median(1000.0 * s / n for n, s in zip(num_tokens, seconds)),
             "num_runs": len(rates),
         }
