@@ -6,7 +6,7 @@
 The callback calibrates the model on a few training windows (eval mode, no grad) after optimizer step N, removes
 the heads the recipe chooses, points the Trainer's optimizer at the new (smaller) parameters (the kept heads keep
 their Adam moments), and training goes on: the remaining steps are recovery fine-tuning of the pruned model. Prints
-the loss before/after pruning and the head counts; `--summary` writes them as JSON.
+the loss on a held-out batch (never trained on) before/after pruning and the head counts; `--summary` writes them as JSON.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def optimizer_covers(optimizer, model) -> bool:
 
 
 class Probe(TrainerCallback):
-    """At the pruning step, measure the loss on a fixed batch and the head count ('before' runs before the pruning
+    """At the pruning step, measure the loss on a held-out batch (not trained on) and the head count ('before' runs before the pruning
     callback, 'after' after it); 'after' also keeps a copy of a pruned parameter to check that it trains."""
 
     def __init__(self, phase: str, step: int, batch: torch.Tensor, record: dict, watched: str):
@@ -148,9 +148,12 @@ def main(argv=None) -> int:
     if prune_at is None or not 0 < prune_at < args.max_steps:
         parser.error(f"--prune-at must lie between 0 and --max-steps={args.max_steps} (got {prune_at})")
 
-    windows = training_windows(tokenizer, args.seq_len, args.batch_size * args.max_steps + args.calibration_samples)
-    calibration, train = windows[: args.calibration_samples], windows[args.calibration_samples :]
-    probe_batch = train[: args.batch_size]
+    windows = training_windows(tokenizer, args.seq_len,
+                               args.calibration_samples + args.batch_size + args.batch_size * args.max_steps)  # fmt: skip
+    # calibration windows, a held-out batch for the loss measurements (never trained on), the training windows
+    calibration = windows[: args.calibration_samples]
+    probe_batch = windows[args.calibration_samples : args.calibration_samples + args.batch_size]
+    train = windows[args.calibration_samples + args.batch_size :]
     linear = [n for n, _ in model.named_parameters() if n.endswith("linear_attn.out_proj.weight")]
     record: dict = {"value_heads_start": value_heads(model), "prune_at": prune_at, "watched": linear[0]}
     pruning = RankPruneCallback(recipe, tokenizer, data=calibration, start_step=prune_at)
@@ -184,7 +187,7 @@ def main(argv=None) -> int:
     )
 
     print(f"value heads: {record['value_heads_start']} -> {record['value_heads_end']} (pruned after step {prune_at})")
-    print(f"probe loss: {record['probe_loss_before_prune']:.4f} before pruning, {record['probe_loss_after_prune']:.4f} "
+    print(f"held-out loss: {record['probe_loss_before_prune']:.4f} before pruning, {record['probe_loss_after_prune']:.4f} "
           f"right after, {record['probe_loss_end']:.4f} after {args.max_steps - prune_at} recovery steps")  # fmt: skip
     print("train loss per step: " + ", ".join(f"{s}: {v:.4f}" for s, v in sorted(record["train_loss"].items())))
     if args.summary:
