@@ -142,7 +142,8 @@ class _Server(ThreadingHTTPServer):
 class LocalHub:
     """The server: `with LocalHub(root) as hub: ... hub.url ...`, or `start()` / `stop()`."""
 
-    def __init__(self, root: str | os.PathLike | None = None, *, token: str | None = None, host: str = "127.0.0.1"):
+    def __init__(self, root: str | os.PathLike | None = None, *, token: str | None = None, host: str = "127.0.0.1",
+                 port: int = 0):  # fmt: skip
         self._tmp = None
         if root is None:
             self._tmp = tempfile.mkdtemp(prefix="local-hub-")
@@ -151,12 +152,13 @@ class LocalHub:
         self.root.mkdir(parents=True, exist_ok=True)
         self.state = _State(root=self.root, token=token)
         self.host = host
+        self.port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle
     def start(self) -> LocalHub:
-        self._server = _Server((self.host, 0), _Handler, self.state)  # port 0: a free port
+        self._server = _Server((self.host, self.port), _Handler, self.state)  # port 0: a free port
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
@@ -696,3 +698,28 @@ class _Handler(BaseHTTPRequestHandler):
 def _valid_path(path: str) -> bool:
     parts = path.split("/")
     return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts) and ".git" not in parts
+
+
+def main(argv=None) -> int:
+    """Serve a local Hub until Ctrl-C: `python tests/hub_server.py [--root DIR] [--port N] [--token T]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--root", default=None, help="storage folder (default: a temporary one, removed at exit)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--token", default=None, help="require this bearer token on every request")
+    args = parser.parse_args(argv)
+    with LocalHub(args.root, token=args.token, host=args.host, port=args.port) as hub:
+        print(f"local Hub at {hub.url} (storage {hub.root}); use it with HF_ENDPOINT={hub.url}; Ctrl-C stops it",
+              flush=True)  # fmt: skip
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -64,3 +64,24 @@ def test_results_print_rounded_in_a_table():
     assert lines[3].split() == ["perplexity.perplexity", "53.75", "93.08"]
     assert lines[4].split() == ["memory.kv_cache_bytes", "524,288", "B", "524,288", "B"]
     assert lines[5].split() == ["perplexity.num_tokens", "19,961", "19,961"]
+
+
+def test_the_local_hub_starts_on_its_own(tmp_path):
+    """`python tests/hub_server.py` serves a Hub the real client talks to (for trying `push` by hand)."""
+    import subprocess
+    import sys
+
+    from huggingface_hub import HfApi
+
+    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "hub_server.py"), "--root", str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = server.stdout.readline()
+        url = line.split()[3]
+        assert line.startswith("local Hub at http://127.0.0.1:")
+        api = HfApi(endpoint=url, token="anything")
+        api.create_repo("me/try")
+        assert api.model_info("me/try").id == "me/try"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
