@@ -239,6 +239,8 @@ def _prune(args: argparse.Namespace) -> int:
         f"({'uniform' if plan.is_uniform else 'ragged'} plan); linear state {memory.state_bytes_before} -> "
         f"{memory.state_bytes_after} bytes per sequence ({memory.state_reduction:.1%} less). Saved to {args.out}"
     )
+    max_positions = getattr(pruner.model.config.get_text_config(), "max_position_embeddings", None) or 32_768
+    print(_serving_summary(plan, args.server_memory_gib, min(32_768, int(max_positions))))
     if evaluation is not None:
         from .evaluation import results_table
 
@@ -249,6 +251,20 @@ def _prune(args: argparse.Namespace) -> int:
         commit = push_folder(args.out, **push)
         print(f"Pushed to {commit.repo_url}: commit {commit.oid}")
     return 0
+
+
+def _serving_summary(plan, memory_gib: float, context_length: int) -> str:
+    """The layout written (what loads it) and the sequences that fit in `memory_gib` GiB of inference state."""
+    from .integrations.serving import layout_summary
+
+    rows = {(row["model"], row["state_dtype"]): row["sequences"]
+            for row in plan.capacity(int(memory_gib * 2**30), context_length)}  # fmt: skip
+    return (
+        f"Layout: {layout_summary(plan)}\n"
+        f"Sequences of {context_length} tokens in {memory_gib:g} GiB of state + KV cache: original "
+        f"{rows['original', 'float32']:,} (bf16 state {rows['original', 'bfloat16']:,}), pruned "
+        f"{rows['pruned', 'float32']:,} (bf16 state {rows['pruned', 'bfloat16']:,})."
+    )
 
 
 def _recipe_evaluation(recipe, model_path: str) -> dict | None:
@@ -268,6 +284,16 @@ def _recipe_evaluation(recipe, model_path: str) -> dict | None:
             f"(max_position_embeddings={limit})."
         )
     return evaluation
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text[:50]!r} is not a positive number")
+    return value
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -414,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser(
         "analyze",
         help="calibrate per-head state ranks and write the stratification/stability report with figures",
+        description="Run the model on calibration text and measure the effective rank and norm of every "
+        "linear-attention head's state on a token grid; write rank_stats.json (reusable with --stats), "
+        "report.md/report.json and figures/ into --out. Demo model: 16 x 512 tokens, seconds on a CPU.",
     )
     _add_model_arguments(analyze)
     _add_calibration_arguments(analyze)
@@ -422,7 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(handler=_analyze)
 
-    prune = commands.add_parser("prune", help="calibrate, score and physically remove heads; save a loadable model")
+    prune = commands.add_parser("prune", help="calibrate, score and physically remove heads; save a loadable model",
+                                description="Calibrate (or read --stats), score the heads, remove the chosen ones "
+                                "from the weights and save a model folder that from_pretrained loads, with its plan "
+                                "and model card. A --recipe also evaluates before/after and can push.")  # fmt: skip
     _add_model_arguments(prune)
     _add_calibration_arguments(prune)
     _add_pruning_arguments(prune)
@@ -432,11 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", default=None, help="output model folder (must not exist or be empty; default: the "
                        "recipe's output_dir)")  # fmt: skip
     prune.add_argument("--overwrite", action="store_true", help="replace an earlier output of hf-rankprune there")
+    prune.add_argument("--server-memory-gib", type=_positive_float, default=1.0, metavar="GIB",
+                       help="GiB of inference state the summary counts concurrent sequences for (default 1)")
     prune.add_argument("--base-model", default=None, metavar="ID", help="Hub id the model card names as the base "
                        "model (default: MODEL's id, also for a folder of the Hub cache)")  # fmt: skip
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
     prune.set_defaults(handler=_prune)
-    evaluate = commands.add_parser("eval", help="perplexity, passkey accuracy, state memory and decode speed")
+    evaluate = commands.add_parser("eval", help="perplexity, passkey accuracy, state memory and decode speed",
+                                   description="Evaluate a model (pruned or not): perplexity on the packaged "
+                                   "held-out text (30,000 tokens at most), passkey retrieval at --lengths x --depths, "
+                                   "inference-state memory and decode speed (median of 5 runs); writes --out JSON.")  # fmt: skip
     _add_model_arguments(evaluate)
     evaluate.add_argument("--tasks", default="perplexity,passkey,memory,speed",
                           help="comma-separated tasks (default: all four)")  # fmt: skip
@@ -445,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier results file there")
     evaluate.set_defaults(handler=_eval)
 
-    probe = commands.add_parser("probe", help="which heads can this model spare? high vs low vs random vs JRNP")
+    probe = commands.add_parser("probe", help="which heads can this model spare? highest vs lowest rank vs random vs JRNP",
+                                description="Remove the same number of heads four ways (the highest-rank heads, the "
+                                "lowest-rank heads, random heads over --seeds, JRNP), evaluate each on passkey and "
+                                "perplexity, and say what each costs. Loads the model once per variant.")  # fmt: skip
     _add_model_arguments(probe)
     _add_calibration_arguments(probe)
     _add_pruning_arguments(probe)
@@ -458,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--quiet", action="store_true", help="no progress bar")
     probe.set_defaults(handler=_probe)
 
-    push = commands.add_parser("push", help="push a saved pruned model folder (weights, plan, card) to the Hub")
+    push = commands.add_parser("push", help="push a saved pruned model folder (weights, plan, card) to the Hub",
+                               description="Upload a folder written by `hf-rankprune prune` to a Hub model repo in "
+                               "one commit; the token is never written anywhere.")  # fmt: skip
     push.add_argument("folder", metavar="DIR", help="a folder written by `hf-rankprune prune` (or save_pretrained)")
     push.add_argument("repo_id", metavar="REPO_ID", help="Hub model repo, 'namespace/name' (created if missing)")
     push.add_argument("--private", action="store_true", help="create the repo as private (if it does not exist)")
