@@ -185,8 +185,9 @@ def plot_figures(stats: RankStats, analysis: dict[str, Any], folder: str | os.Pa
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False, sharex=True)
     for position, layer in enumerate(stats.layers):
         axis = axes[position // columns][position % columns]
-        t = np.concatenate([[0], grid])
-        axis.plot(t, np.minimum(t, stats.rank_caps[position]), "k--", linewidth=1, label="min(t, d)")
+        cap = stats.rank_caps[position]
+        t = np.unique(np.concatenate([[0], grid, [min(cap, grid[-1])]]))  # the bound's knee at t = d, drawn exactly
+        axis.plot(t, np.minimum(t, cap), "k--", linewidth=1, label="min(t, d)")
         for head, trajectory in enumerate(trajectories[position]):
             colour = "tab:red" if labels[str(layer)][head] == "high" else "tab:blue"
             axis.plot(grid, trajectory, color=colour, linewidth=0.9, alpha=0.8)
