@@ -44,6 +44,7 @@ STATS_FILE = "rank_stats.json"
 RECIPE_FILE = "recipe.yaml"
 CARD_FIGURES = ("rank_trajectories.png", "rank_heatmap.png")
 DEFAULT_CONTEXT_LENGTH = 32_768
+SERVER_MEMORY_GIB = 1  # the cache size the card's "sequences that fit" figures are given for
 PAPER_ARXIV = "2602.02195"
 # The Hub knows four relations to a base model: adapter, merge, quantized, finetune (there is no "pruned").
 # Head pruning is a zero-shot compression of the base model's own weights, with no training: the Hub's "quantized"
@@ -183,6 +184,17 @@ def build_model_card(
             "total_after": _bytes(memory.total_bytes_after),
             "total_reduction": _percent(memory.total_reduction),
         },
+        "capacity": [
+            {
+                "model": row["model"],
+                "state_dtype": row["state_dtype"],
+                "per_sequence": _bytes(row["bytes_per_sequence"]),
+                "sequences": f"{row['sequences']:,}",
+            }
+            for row in plan.capacity(SERVER_MEMORY_GIB * 2**30, memory.context_length)
+        ],
+        "server_memory_gib": SERVER_MEMORY_GIB,
+        "replicated_key_heads": plan.num_replicated_key_heads,
         "evaluation": _evaluation_rows(evaluation),
         "evaluation_note": _evaluation_note(evaluation),
         "figures": list(figures),

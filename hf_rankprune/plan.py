@@ -683,6 +683,25 @@ class PrunePlan:
             kv_cache_bytes=kv_bytes,
         )
 
+    def capacity(self, budget_bytes: int, context_length: int) -> list[dict[str, Any]]:
+        """How many sequences of `context_length` tokens fit in `budget_bytes` of inference state (linear state +
+        conv state + full-attention KV cache), for the original and the pruned model, with the linear state in fp32
+        (the kernels' default) and in bf16 (vLLM `mamba_ssm_cache_dtype`, SGLang `--mamba-ssm-dtype`): the free
+        baseline that pruning composes with. Rows: model, state_dtype, bytes_per_sequence, sequences."""
+        rows = []
+        for state_dtype in ("float32", "bfloat16"):
+            memory = self.memory(context_length=context_length, state_dtype=state_dtype)
+            for model, per_sequence in (("original", memory.total_bytes_before), ("pruned", memory.total_bytes_after)):
+                rows.append(
+                    {
+                        "model": model,
+                        "state_dtype": state_dtype,
+                        "bytes_per_sequence": per_sequence,
+                        "sequences": int(budget_bytes // per_sequence) if per_sequence else 0,
+                    }
+                )
+        return sorted(rows, key=lambda row: (row["model"] != "original", row["state_dtype"] != "float32"))
+
     # -- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
