@@ -182,6 +182,9 @@ def test_memory_of_tiny_config_by_hand():
     assert out["memory.total_bytes"] == 2 * (linear + conv + kv)
     assert out["memory.num_linear_layers"] == 3 and out["memory.num_full_attention_layers"] == 1
     assert out["memory.linear_value_heads"] == 24 and out["memory.context_length"] == T
+    assert out["memory.linear_state_bytes_bf16"] == 2 * linear // 2
+    assert out["memory.sequences_per_gib"] == 2**30 // (linear + conv + kv)
+    assert out["memory.sequences_per_gib_bf16_state"] == 2**30 // (linear // 2 + conv + kv)
     bf16 = evaluate_model(model, None, tasks=("memory",), context_length=T, kv_dtype_bytes=2)
     assert bf16["memory.kv_cache_bytes"] == kv // 2 and bf16["memory.linear_state_bytes"] == linear
 

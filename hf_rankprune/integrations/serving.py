@@ -50,12 +50,15 @@ def layout_summary(plan) -> str:
     )
 
 
-def generate_with_vllm(folder: str | os.PathLike, prompt_ids: list[int], max_tokens: int, *,
-                       python: str | None = None, kv_cache_gib: int = 1, timeout: float = 600) -> dict:  # fmt: skip
-    """Serve `folder` with vLLM on the CPU (bf16, its own environment) and decode `prompt_ids` greedily.
+def generate_with_vllm(folder: str | os.PathLike, prompt_ids: list[int], max_tokens: int, *, copies: int = 1,
+                       ssm_cache_dtype: str = "auto", python: str | None = None, kv_cache_gib: int = 1,
+                       timeout: float = 600) -> dict:  # fmt: skip
+    """Serve `folder` with vLLM on the CPU (bf16 weights, its own environment) and decode `copies` copies of
+    `prompt_ids` greedily, `max_tokens` each; `ssm_cache_dtype="bfloat16"` keeps the linear-attention state in bf16.
 
-    Returns {"tokens": generated ids, "concurrency": the engine's reported sequences of `tokens_per_request` tokens
-    that fit in `kv_cache_gib` GiB of state + KV cache, "tokens_per_request": ...}.
+    Returns {"tokens": the first copy's ids, "generated": tokens decoded in all, "seconds": decode wall time,
+    "concurrency": the engine's reported sequences of `tokens_per_request` tokens that fit in `kv_cache_gib` GiB of
+    state + KV cache, "tokens_per_request": ...}.
     """
     python = python or vllm_python()
     if python is None:
@@ -63,7 +66,8 @@ def generate_with_vllm(folder: str | os.PathLike, prompt_ids: list[int], max_tok
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib), TOKENIZERS_PARALLELISM="false")
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        [python, str(_SCRIPT), os.fspath(folder), json.dumps(list(prompt_ids)), str(int(max_tokens))],
+        [python, str(_SCRIPT), os.fspath(folder), json.dumps(list(prompt_ids)), str(int(max_tokens)),
+         "--copies", str(int(copies)), "--ssm-cache-dtype", ssm_cache_dtype],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=timeout,

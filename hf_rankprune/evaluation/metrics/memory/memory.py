@@ -24,9 +24,12 @@ Keyword args:
     conv_dtype_bytes (defaults to kv_dtype_bytes).
 Returns:
     linear_state_bytes, conv_state_bytes, kv_cache_bytes, total_bytes, num_linear_layers,
-    num_full_attention_layers, linear_value_heads, context_length.
+    num_full_attention_layers, linear_value_heads, context_length; linear_state_bytes_bf16 (the recurrent state kept
+    in bf16, as servers can); sequences_per_gib and sequences_per_gib_bf16_state (sequences of context_length tokens
+    whose whole inference state fits in 1 GiB, per sequence figures regardless of batch_size).
 """
 
+_GIB = 2**30
 _LINEAR = {"linear_attention"}
 _FULL = {"full_attention", "sliding_attention", "attention"}
 
@@ -84,8 +87,13 @@ class Memory(evaluate.Metric):
             else:
                 raise ValueError(f"unknown layer type {kind!r}")
         b = int(batch_size)
+        # the same state in bf16 (vLLM mamba_ssm_cache_dtype, SGLang --mamba-ssm-dtype): the saving without pruning
+        linear_bf16 = linear * 2 // state_dtype_bytes
         return {
             "linear_state_bytes": linear * b,
+            "linear_state_bytes_bf16": linear_bf16 * b,
+            "sequences_per_gib": _GIB // (linear + conv + kv) if linear + conv + kv else 0,
+            "sequences_per_gib_bf16_state": _GIB // (linear_bf16 + conv + kv) if linear_bf16 + conv + kv else 0,
             "conv_state_bytes": conv * b,
             "kv_cache_bytes": kv * b,
             "total_bytes": (linear + conv + kv) * b,
