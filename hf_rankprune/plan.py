@@ -320,6 +320,7 @@ def model_info_from_config(config, dtype: torch.dtype | None = None) -> dict[str
     if dtype is None:
         dtype = getattr(text, "dtype", None) or getattr(config, "dtype", None) or torch.float32
     return {
+        "hidden_size": getattr(text, "hidden_size", None),
         "num_hidden_layers": getattr(text, "num_hidden_layers", len(layer_types)),
         "full_attention_layers": [i for i, kind in enumerate(layer_types) if kind == "full_attention"],
         "num_key_value_heads": getattr(text, "num_key_value_heads", None),
@@ -472,6 +473,14 @@ class PrunePlan:
     def num_replicated_key_heads(self) -> int:
         """Extra key-head copies a stock layout added, over all layers (their q/k weights and conv state)."""
         return sum(layer.num_replicated_key_heads for layer in self.layers)
+
+    @property
+    def replicated_parameters(self) -> int | None:
+        """q/k projection weights the key-head copies of a stock layout add (None when the hidden size is unknown)."""
+        hidden = self.model_info.get("hidden_size")
+        if not hidden:
+            return None
+        return sum(2 * layer.num_replicated_key_heads * layer.key_dim * hidden for layer in self.layers)
 
     # -- layouts -------------------------------------------------------------------------------------------------
     def to_stock_layout(self) -> PrunePlan:

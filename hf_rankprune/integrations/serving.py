@@ -37,8 +37,11 @@ def layout_summary(plan) -> str:
     """Which layout a pruned checkpoint has, what loads it, and (ragged) how to get a servable one."""
     if plan.is_uniform:
         first = plan.layers[0]
-        replicas = plan.num_replicated_key_heads
-        extra = f", {replicas} key heads replicated to keep groups equal" if replicas else ""
+        replicas, parameters = plan.num_replicated_key_heads, plan.replicated_parameters
+        extra = ""
+        if replicas:
+            cost = f", {parameters:,} q/k projection weights" if parameters else ""
+            extra = f", {replicas} key heads replicated to keep groups equal{cost} and their convolution state"
         return (
             f"stock layout ({first.num_kept_value_heads} value / {first.num_kept_key_heads} key heads in every "
             f"layer{extra}): stock transformers and serving engines (vLLM) load it as it is."
