@@ -122,10 +122,25 @@ def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-state-bytes", type=int, default=None, help="linear-state bytes per sequence to fit")
     parser.add_argument("--alpha", type=float, default=None, help=f"rank weight of the joint score "
                         f"(default {defaults.alpha})")  # fmt: skip
-    parser.add_argument("--score", choices=SCORES, default=None, help=f"default {defaults.score}")
+    parser.add_argument("--score", choices=SCORES, default=None,
+                        help="how heads are scored: from the calibrated state ranks and norms, 'joint' (JRNP), "
+                        "'rank', 'norm', 'random'; or by head importance (HIGH = important), 'kl' (KL of the "
+                        "next-token distributions with the head's output zeroed: one forward per head per batch), "
+                        "'taylor' (|mask x dL/dmask| of a head mask: one backward per batch), 'activation' "
+                        "(Minitron-style norm of the head's output channels), all three on the calibration samples "
+                        "without rank calibration, or 'decay' (data-free, from A_log/dt_bias) "
+                        f"(default {defaults.score})")  # fmt: skip
+    parser.add_argument("--kl-greedy", action="store_true", default=None,
+                        help="with --score kl: remove one head at a time, re-scoring the remaining heads after each "
+                        "removal (about one forward per remaining head per batch per removal)")  # fmt: skip
     parser.add_argument("--norm", choices=NORMS, default=None, help=f"default {defaults.norm}")
     parser.add_argument("--budget", choices=BUDGETS, default=None, help=f"default {defaults.budget}")
-    parser.add_argument("--direction", choices=DIRECTIONS, default=None, help=f"default {defaults.direction}")
+    parser.add_argument("--direction", choices=DIRECTIONS, default=None,
+                        help="'saturated' removes the highest scores, 'low_rank' the lowest, 'random' random heads "
+                        "(default: the score's natural direction, 'saturated' for joint/rank/norm/random, the paper's; "
+                        "'low_rank' for kl/taylor/activation/decay, whose HIGH scores mark IMPORTANT heads, so the "
+                        "least important go; --score kl/taylor/activation/decay without --direction also replaces a "
+                        "recipe's direction by 'low_rank')")  # fmt: skip
     parser.add_argument("--min-heads-per-layer", type=int, default=None,
                         help=f"default {defaults.min_heads_per_layer}")  # fmt: skip
     parser.add_argument("--protected-layers", default=None, help="comma-separated layer indices never pruned")
@@ -144,9 +159,13 @@ def _pruning_overrides(args: argparse.Namespace) -> dict:
     overrides = {
         name: getattr(args, name)
         for name in ("num_heads", "target_state_bytes", "alpha", "score", "norm", "budget", "direction",
-                     "min_heads_per_layer", "uniform_rounding", "layout")
+                     "min_heads_per_layer", "uniform_rounding", "layout", "kl_greedy")
         if getattr(args, name, None) is not None
     }  # fmt: skip
+    from .config import IMPORTANCE_SCORES
+
+    if overrides.get("score") in IMPORTANCE_SCORES and "direction" not in overrides:
+        overrides["direction"] = None  # the importance score's own direction, not a recipe's written for ranks
     given = [flag for flag, name in (("--ratio", "ratio"), ("--num-heads", "num_heads"),
                                      ("--target-state-bytes", "target_state_bytes")) if getattr(args, name) is not None]
     if len(given) > 1:
@@ -196,6 +215,9 @@ def _prune(args: argparse.Namespace) -> int:
     config = override_config(_config_from_args(args, recipe.config if recipe else None), **_pruning_overrides(args))
     model_path = resolve_model_path(args.model)
     check_output_dir(args.out, args.overwrite, _run_inputs(args, model_path, config))
+    if args.stats and not config.needs_rank_stats():
+        print(f"Note: --score {config.score} does not use rank statistics; --stats {args.stats} is not read.")
+        args.stats = None
     stats = RankStats.from_json_file(args.stats) if args.stats else None
     if stats is None:
         _check_seq_len(config.seq_len, model_path)
@@ -216,7 +238,9 @@ def _prune(args: argparse.Namespace) -> int:
         import dataclasses
 
         pruner.recipe = dataclasses.replace(recipe, config=config)
-    if stats is not None:
+    if not config.needs_rank_stats():  # importance scores: measured on the model, no rank calibration
+        pruner.measure_importance(progress=not args.quiet)
+    elif stats is not None:
         pruner.load_stats(stats)
     else:
         pruner.calibrate(progress=not args.quiet)
@@ -520,6 +544,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .card import ModelCardError
     from .data import CalibrationDataError
     from .hub import HubPushError
+    from .output_scores import ImportanceScoreError
     from .plan import PlanError
     from .recipe import RecipeError
     from .stats import StatsError
@@ -539,6 +564,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         HubPushError,
         ModelCardError,
+        ImportanceScoreError,
     )
 
 

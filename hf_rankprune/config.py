@@ -17,7 +17,11 @@ from .utils import shown
 
 NORMS = ("nuclear", "frobenius")
 RANK_METRICS = ("threshold", "stable", "entropy")
-SCORES = ("joint", "rank", "norm", "random")
+RANK_SCORES = ("joint", "rank", "norm", "random")  # computed from RankStats (calibrated state ranks and norms)
+# head-importance scores (hf_rankprune.output_scores): a HIGH score means an IMPORTANT head
+IMPORTANCE_SCORES = ("kl", "taylor", "activation", "decay")
+DATA_SCORES = ("kl", "taylor", "activation")  # importance scores measured on calibration samples (decay: data-free)
+SCORES = RANK_SCORES + IMPORTANCE_SCORES
 DIRECTIONS = ("saturated", "low_rank", "random")
 BUDGETS = ("global", "per_layer", "uniform")
 UNIFORM_ROUNDINGS = ("down", "nearest", "up")
@@ -48,9 +52,18 @@ class RankPruneConfig:
         rank_metric: which rank enters the score: "threshold" (paper), "stable" or "entropy".
         time_aggregation: "mean" over the grid (paper) or the "final" grid point only.
     Scoring:
-        score: "joint" (Joint Rank-Norm, Eq. 14), "rank", "norm" or "random".
+        score: "joint" (Joint Rank-Norm, Eq. 14), "rank", "norm" or "random" (from the calibrated state ranks and
+            norms), or a head-importance score (hf_rankprune.output_scores; a HIGH score means an IMPORTANT head):
+            "kl" (KL of the next-token distributions when the head's output is zeroed), "taylor" (|mask * dL/dmask|
+            of a head mask), "activation" (Minitron-style norm of the head's output channels), both on the
+            calibration samples; "decay" (data-free, from A_log / dt_bias: the log of the head's memory length).
+        kl_greedy: with score "kl", remove one head at a time and re-score the remaining heads after each removal
+            (one forward per remaining head per batch per removal) instead of scoring once.
         alpha: weight of the rank term in the joint score (the paper did not disclose it).
-        direction: remove the highest scores ("saturated", paper), the lowest ("low_rank"), or "random" heads.
+        direction: which end of the score goes. "saturated" always removes the HIGHEST scores, "low_rank" always
+            the LOWEST, "random" random heads. None (default) takes the score's natural direction: "saturated" for
+            the rank scores (the paper's most saturated heads), "low_rank" for the importance scores (the least
+            important heads). The plan's settings record the direction used.
     Budget (exactly one of ratio / num_heads / target_state_bytes is used, in that order of precedence if the
     later ones are unset):
         ratio: fraction of all linear-attention value heads to remove (0.389 = 448 of 1152 on Qwen3-Next-80B).
@@ -86,8 +99,9 @@ class RankPruneConfig:
     time_aggregation: str = "mean"
     # scoring
     score: str = "joint"
+    kl_greedy: bool = False
     alpha: float = 0.5
-    direction: str = "saturated"
+    direction: str | None = None
     # budget
     ratio: float | None = 0.389
     num_heads: int | None = None
@@ -128,7 +142,10 @@ class RankPruneConfig:
         _choice(self, "time_aggregation", TIME_AGGREGATIONS)
         _choice(self, "score", SCORES)
         _number(self, "alpha", low=0.0, high=1.0)
-        _choice(self, "direction", DIRECTIONS)
+        if self.direction is not None:
+            _choice(self, "direction", DIRECTIONS)
+        if not isinstance(self.kl_greedy, bool):
+            _fail(self, "kl_greedy", "it must be true or false")
         if self.ratio is not None:
             _number(self, "ratio", low=0.0, high=1.0, low_open=True, high_open=True)
         if self.num_heads is not None:
@@ -155,6 +172,18 @@ class RankPruneConfig:
         points = self.grid if self.grid is not None else list(range(self.grid_step, seq_len, self.grid_step))
         points = [p for p in points if p < seq_len]
         return points + [seq_len]
+
+    def removal_direction(self) -> str:
+        """The direction in force: `direction`, or the score's natural one when it is None ("saturated", remove
+        the highest, for the rank scores; "low_rank", remove the lowest, i.e. the least important heads, for the
+        importance scores)."""
+        if self.direction is not None:
+            return self.direction
+        return "low_rank" if self.score in IMPORTANCE_SCORES else "saturated"
+
+    def needs_rank_stats(self) -> bool:
+        """The score is computed from calibrated `RankStats` (the importance scores are not)."""
+        return self.score in RANK_SCORES
 
     def budget_kind(self) -> str:
         """Which budget field is in force: 'num_heads', 'target_state_bytes' or 'ratio'."""

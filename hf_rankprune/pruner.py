@@ -21,7 +21,7 @@ from .calibrate import calibrate
 from .config import RankPruneConfig
 from .loading import DEMO_MODEL_PATH, DTYPES, ModelLoadError, load_model_and_tokenizer, resolve_model_path
 from .plan import PlanError, PrunePlan
-from .scoring import UniformRoundingWarning, plan_from_stats, uniform_choice
+from .scoring import UniformRoundingWarning, greedy_budget, plan_from_scores, plan_from_stats, uniform_choice
 from .stats import RankStats
 from .surgery import apply_plan, model_plan, save_pruned
 
@@ -63,6 +63,7 @@ class RankPruner(OptimumQuantizer):
         if self.uniform_choice is not None and self.uniform_choice.rounded:
             warnings.warn(self.uniform_choice.message(), UniformRoundingWarning, stacklevel=3)
         self._stats: RankStats | None = None
+        self._importance = None  # output_scores.ImportanceScores of config.score, when it is an importance score
         self._plan: PrunePlan | None = None
         self._pruned = False
         self.source_model: str | None = None  # folder or Hub id loaded from: its processor files travel along
@@ -147,14 +148,61 @@ class RankPruner(OptimumQuantizer):
     def stats(self) -> RankStats | None:
         return self._stats
 
+    def measure_importance(self, data: Any = None, *, progress: bool = True):
+        """Measure `config.score`'s head-importance scores (kl, taylor, activation, decay; see
+        `hf_rankprune.output_scores`; HIGH = important) and keep them for `plan()`. The scores that need data run on
+        `data` (samples, or any spec `load_calibration_samples` takes; default `config.data`, the built-in suite
+        when None) cut into config.num_samples x config.seq_len tokens; decay reads only the weights. Returns the
+        `ImportanceScores`. A score that needs data without a tokenizer (and no samples given) is refused before
+        any work."""
+        from .config import DATA_SCORES
+        from .output_scores import importance_scores
+
+        self._refuse_after_prune("measure_importance")
+        if self.config.needs_rank_stats():
+            raise PlanError(
+                f"score={self.config.score!r} is computed from rank statistics (calibrate()); importance scores are "
+                "kl, taylor, activation and decay."
+            )
+        samples = None
+        if self.config.score in DATA_SCORES:
+            if hasattr(data, "input_ids"):
+                samples = data
+            else:
+                from .data import load_calibration_samples
+
+                if self.tokenizer is None:
+                    raise ValueError(
+                        f"score={self.config.score!r} is measured on calibration data, which needs a tokenizer: pass "
+                        "tokenizer= to RankPruner.from_pretrained (or samples to measure_importance)."
+                    )
+                spec = data if data is not None else self.config.data
+                samples = load_calibration_samples(
+                    spec, self.tokenizer, self.config.num_samples, self.config.seq_len, self.config.seed
+                )
+        budget = greedy_budget(self.adapter, self.config) if self.config.score == "kl" and self.config.kl_greedy else None
+        self._importance = importance_scores(self.model, self.config, samples, budget=budget, progress=progress)
+        self._plan = None
+        return self._importance
+
     def plan(self) -> PrunePlan:
-        """The heads to remove under the config (calibrates first if no statistics are there)."""
+        """The heads to remove under the config: from rank statistics (calibrating first if none are there) for the
+        rank scores, from `measure_importance()` (run first if needed, no rank calibration) for the importance
+        scores."""
         if self._plan is None:
             if self._pruned:
                 raise PlanError("This pruner already pruned its model; create a new RankPruner to prune it again.")
-            if self._stats is None:
-                self.calibrate()
-            self._plan = plan_from_stats(self.adapter, self._stats, self.config)
+            if self.config.needs_rank_stats():
+                if self._stats is None:
+                    self.calibrate()
+                self._plan = plan_from_stats(self.adapter, self._stats, self.config)
+            else:
+                if self._importance is None:
+                    self.measure_importance()
+                measured = dict(self._importance.measured)
+                measured["calibration_samples"] = measured.get("samples")
+                measured["calibration_seq_len"] = measured.get("seq_len")
+                self._plan = plan_from_scores(self.adapter, self._importance.scores, self.config, measured)
         return self._plan
 
     @property

@@ -65,7 +65,7 @@ MODIFIER_NAME = "RankPruningModifier"
 CALIBRATION_FIELDS = ("data", "num_samples", "seq_len", "batch_size", "grid_step", "grid", "seed")
 BUDGET_FIELDS = ("ratio", "num_heads", "target_state_bytes")
 MODIFIER_FIELDS = (
-    "rank_eps", "norm", "rank_metric", "time_aggregation", "score", "alpha", "direction",
+    "rank_eps", "norm", "rank_metric", "time_aggregation", "score", "kl_greedy", "alpha", "direction",
     *BUDGET_FIELDS, "budget", "min_heads_per_layer", "protected_layers", "layout",
     "uniform_rounding",
 )  # fmt: skip
@@ -171,6 +171,8 @@ class Recipe:
         kind = self.config.budget_kind()
         modifier[kind] = values[kind]
         modifier = {name: modifier[name] for name in MODIFIER_FIELDS if name in modifier}
+        if not modifier.get("kl_greedy"):  # written only when it is on
+            modifier.pop("kl_greedy", None)
         if self.start_step is not None:
             modifier["start_step"] = self.start_step
         out: dict[str, Any] = {}

@@ -3,22 +3,35 @@
 Joint Rank-Norm (PAPER.md Eq. 14): score_h = alpha * rbar_h / d + (1 - alpha) * nbar_h / max_j nbar_j, where rbar and
 nbar are the head's rank and norm aggregated over the calibration grid and samples. The paper removes the highest
 scores (the most "saturated" heads); `direction` chooses the opposite or random heads instead.
+
+The head-importance scores (kl, taylor, activation, decay; `hf_rankprune.output_scores`) go through the same budgets
+(`plan_from_scores`). For every score, direction "saturated" removes the HIGHEST scores and "low_rank" the LOWEST;
+an importance score is HIGH for an IMPORTANT head, so its default direction (`direction=None`) is "low_rank": the
+least important heads go.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .arch import LinearAttentionAdapter, get_adapter
-from .config import RankPruneConfig
+from .config import IMPORTANCE_SCORES, RankPruneConfig
 from .plan import PlanError, PrunePlan
 from .stats import NORM_METRIC_NAMES, RANK_METRIC_NAMES, RankStats, StatsError
 
 
 def head_scores(stats: RankStats, config: RankPruneConfig) -> list[np.ndarray]:
-    """Per linear layer, one score per value head (higher = more saturated)."""
+    """Per linear layer, one score per value head (higher = more saturated), for the scores computed from rank
+    statistics (joint, rank, norm, random); the importance scores come from `output_scores.importance_scores`."""
+    if config.score in IMPORTANCE_SCORES:
+        raise PlanError(
+            f"score={config.score!r} is a head-importance score: it is measured on the model "
+            "(hf_rankprune.output_scores.importance_scores, or RankPruner.plan()), not derived from rank statistics."
+        )
     caps = stats.rank_caps
     if config.score == "random":
         generator = np.random.default_rng(config.seed)
@@ -43,9 +56,10 @@ class _Head:
 
 
 def _removal_priorities(scores: list[np.ndarray], config: RankPruneConfig) -> list[np.ndarray]:
-    if config.direction == "saturated":
+    direction = config.removal_direction()
+    if direction == "saturated":
         return [np.asarray(s, dtype=float) for s in scores]
-    if config.direction == "low_rank":
+    if direction == "low_rank":
         return [-np.asarray(s, dtype=float) for s in scores]
     generator = np.random.default_rng(config.seed + 1)
     return [generator.random(len(s)) for s in scores]
@@ -82,16 +96,52 @@ def check_stats_match(stats: RankStats, adapter: LinearAttentionAdapter) -> None
 
 
 def plan_from_stats(model_or_adapter, stats: RankStats, config: RankPruneConfig) -> PrunePlan:
-    """Choose the heads to remove under `config`'s score, direction and budget; returns the plan."""
+    """Choose the heads to remove under `config`'s score, direction and budget; returns the plan. For a rank score
+    (joint, rank, norm, random); the importance scores are measured on the model (`RankPruner.plan()`, or
+    `output_scores.importance_scores` then `plan_from_scores`)."""
     adapter = model_or_adapter if isinstance(model_or_adapter, LinearAttentionAdapter) else get_adapter(model_or_adapter)
     check_stats_match(stats, adapter)
-    layers = adapter.linear_layers()
+    scores = head_scores(stats, config)
+    return plan_from_scores(adapter, scores, config,
+                            {"calibration_samples": stats.num_samples, "calibration_seq_len": stats.grid[-1]})  # fmt: skip
+
+
+def _check_protected(layers, config: RankPruneConfig) -> None:
     unknown = sorted(set(config.protected_layers) - {layer.index for layer in layers})
     if unknown:
         raise PlanError(
             f"protected_layers {unknown} are not linear-attention layers; those are {[la.index for la in layers]}."
         )
-    scores = head_scores(stats, config)
+
+
+DIRECTION_MEANINGS = {
+    "saturated": "removes the highest scores",
+    "low_rank": "removes the lowest scores",
+    "random": "removes random heads (the scores are not used)",
+}
+
+
+def plan_from_scores(model_or_adapter, scores: list[np.ndarray], config: RankPruneConfig,
+                     measured: dict[str, Any] | None = None) -> PrunePlan:  # fmt: skip
+    """The plan removing heads by `scores` (per linear layer, one per value head) under `config`'s direction and
+    budget. `measured`: what the scores rest on, recorded in the plan's settings (and so in the model card):
+    `calibration_samples` / `calibration_seq_len` at the top level, anything else under `score_measured`."""
+    adapter = model_or_adapter if isinstance(model_or_adapter, LinearAttentionAdapter) else get_adapter(model_or_adapter)
+    layers = adapter.linear_layers()
+    _check_protected(layers, config)
+    if len(scores) != len(layers) or any(len(s) != layer.num_value_heads for s, layer in zip(scores, layers)):
+        raise PlanError(
+            f"scores have {[len(s) for s in scores]} values per layer; the model's linear layers have "
+            f"{[layer.num_value_heads for layer in layers]} value heads."
+        )
+    direction = config.removal_direction()
+    if config.score in IMPORTANCE_SCORES and direction == "saturated":
+        warnings.warn(
+            f"direction='saturated' removes the HIGHEST {config.score} scores, i.e. the MOST important heads; the "
+            "least important go with direction='low_rank' (the default for importance scores, direction=None).",
+            UserWarning,
+            stacklevel=2,
+        )
     priorities = _removal_priorities(scores, config)
     state_bytes = [layer.key_dim * layer.value_dim * 4 for layer in layers]  # fp32 state per head and sequence
     if config.budget == "uniform":
@@ -109,13 +159,27 @@ def plan_from_stats(model_or_adapter, stats: RankStats, config: RankPruneConfig)
                     "ratio", "num_heads", "target_state_bytes", "min_heads_per_layer", "protected_layers", "seed",
                     "layout")
     }  # fmt: skip
+    settings["direction"] = direction
+    settings["direction_meaning"] = DIRECTION_MEANINGS[direction] + (
+        " (high = important: the least important heads go)" if config.score in IMPORTANCE_SCORES
+        and direction == "low_rank" else " (high = important: the MOST important heads go)"
+        if config.score in IMPORTANCE_SCORES and direction == "saturated" else ""
+    )  # fmt: skip
+    if config.score in IMPORTANCE_SCORES:  # rank-statistics settings do not apply
+        for key in ("alpha", "rank_metric", "norm", "rank_eps", "time_aggregation"):
+            settings.pop(key)
+        if config.score == "kl":
+            settings["kl_greedy"] = config.kl_greedy
+    measured = dict(measured or {})
     settings.update(
         removed_value_heads=sum(len(r) for r in removed),
         requested_value_heads=requested,
         total_value_heads=sum(layer.num_value_heads for layer in layers),
-        calibration_samples=stats.num_samples,
-        calibration_seq_len=stats.grid[-1],
+        calibration_samples=measured.pop("calibration_samples", None),
+        calibration_seq_len=measured.pop("calibration_seq_len", None),
     )
+    if measured:
+        settings["score_measured"] = measured
     plan = PrunePlan.from_kept_heads(
         adapter,
         kept,
@@ -123,6 +187,52 @@ def plan_from_stats(model_or_adapter, stats: RankStats, config: RankPruneConfig)
         settings=settings,
     )
     return plan.to_stock_layout() if config.layout == "stock" else plan
+
+
+def greedy_budget(model_or_adapter, config: RankPruneConfig):
+    """What one-at-a-time (greedy) removal may do under `config`'s budget: an `output_scores.GreedyBudget` with
+    per-layer caps (protected layers 0, min_heads_per_layer kept, per-layer quotas for a per_layer budget) and a
+    `done(counts)` test (heads requested, or the byte target met). For a uniform budget it removes the uniform
+    choice's head count with global caps; the uniform allocator then regroups by mean score (an approximation)."""
+    from .output_scores import GreedyBudget
+
+    adapter = model_or_adapter if isinstance(model_or_adapter, LinearAttentionAdapter) else get_adapter(model_or_adapter)
+    layers = adapter.linear_layers()
+    _check_protected(layers, config)
+    state_bytes = [layer.key_dim * layer.value_dim * 4 for layer in layers]
+    eligible = [p for p, layer in enumerate(layers) if layer.index not in config.protected_layers]
+    caps = [0] * len(layers)
+    for p in eligible:
+        caps[p] = max(0, layers[p].num_value_heads - config.min_heads_per_layer)
+    if config.budget == "uniform":
+        total = _uniform_choice(layers, config).removed
+        return GreedyBudget(caps, lambda counts: sum(counts) >= total, total)
+    requested = _requested_heads(layers, state_bytes, config)
+    if config.budget == "per_layer":
+        if requested is None:
+            requested = _heads_for_bytes_per_layer(layers, eligible, state_bytes, config)
+        if config.layout == "stock":
+            quotas = dict.fromkeys(eligible, requested // len(eligible)) if eligible else {}
+        else:
+            quotas = _proportional_quotas({p: layers[p].num_value_heads for p in eligible}, requested)
+        for p, quota in quotas.items():
+            caps[p] = min(caps[p], quota)
+        total = sum(quotas.values())
+        return GreedyBudget(caps, lambda counts: sum(counts) >= total, total)
+    if requested is not None:
+        return GreedyBudget(caps, lambda counts: sum(counts) >= requested, requested)
+    before = sum(layer.num_value_heads * size for layer, size in zip(layers, state_bytes))
+
+    def done(counts: list[int]) -> bool:
+        return before - sum(c * size for c, size in zip(counts, state_bytes)) <= config.target_state_bytes
+
+    # removals a byte target takes at most: the smallest heads first
+    sizes = sorted(size for p in eligible for size in [state_bytes[p]] * caps[p])
+    freed, heads = 0, 0
+    while heads < len(sizes) and before - freed > config.target_state_bytes:
+        freed += sizes[heads]
+        heads += 1
+    return GreedyBudget(caps, done, heads)
 
 
 def _requested_heads(layers, state_bytes: list[int], config: RankPruneConfig) -> int | None:

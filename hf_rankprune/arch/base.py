@@ -152,6 +152,28 @@ class LinearAttentionAdapter:
             for handle in handles:
                 handle.remove()
 
+    # -- head outputs and gates (head-importance scores, hf_rankprune.output_scores) ----------------------------
+    def head_output_modules(self) -> list[tuple[LinearLayerInfo, nn.Module]]:
+        """Per linear layer (`linear_layers()` order), the module whose input is the layer's head outputs,
+        [..., num_value_heads * value_dim] with value head h in channels [h * value_dim, (h + 1) * value_dim): the
+        output projection. A forward pre-hook on it that scales a head's slice masks that head; zero removes the
+        head's contribution exactly (heads are computed independently and the gated norm is per head).
+        Gated-delta-rule layers (stock, and RankPrunedGatedDeltaNet) call it `out_proj`; a family that differs
+        overrides this."""
+        return [(layer, layer.module.out_proj) for layer in self.linear_layers()]
+
+    def gate_log_decay(self) -> list[torch.Tensor]:
+        """Per linear layer, per value head, the log of the state's per-token decay at a zero gate input:
+        g = -exp(A_log) * softplus(dt_bias) (the gated delta rule's g = -exp(A_log) * softplus(a + dt_bias) with
+        the input-dependent `a` at 0); float64 on the CPU. exp(g) is the fraction of the state kept per token."""
+        decays = []
+        for layer in self.linear_layers():
+            weights = self.layer_weights(layer.index)
+            a_log = weights["A_log"].detach().to("cpu", torch.float64)
+            dt_bias = weights["dt_bias"].detach().to("cpu", torch.float64)
+            decays.append(-a_log.exp() * torch.nn.functional.softplus(dt_bias))
+        return decays
+
     # -- surgery -----------------------------------------------------------------------------------------------
     # Canonical per-layer weights (family-neutral, heads on the leading axis), built by `_stock_weights` and
     # consumed by `_stock_state`, the family-specific halves:

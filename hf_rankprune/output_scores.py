@@ -1,0 +1,415 @@
+"""Head-importance scores measured on what a head does to the model's output (next to the rank scores of `scoring`).
+
+For every score here a HIGH score means an IMPORTANT head, so the natural direction removes the LOWEST scores
+(`RankPruneConfig.removal_direction()`: "low_rank" unless `direction` says otherwise).
+
+- `kl`: output-KL ablation. For each value head, the head's output is zeroed (a head mask on the input of the
+  layer's output projection, from the adapter's `head_output_modules`) and the KL divergence
+  KL(p_original || p_ablated) of the next-token distributions is averaged over every position of the calibration
+  samples. Cost: one forward per head per batch of samples, plus one unmasked reference forward per batch; heads
+  are batched (`heads_per_forward` heads x `batch_size` samples per forward pass), so a model with H value heads,
+  N samples and batch size B takes ceil(N / B) * (1 + ceil(H / heads_per_forward)) forward passes (each of
+  heads_per_forward * B rows), i.e. about H forwards of the whole calibration set. `kl_greedy` removes one head at
+  a time (the lowest KL, within the budget's per-layer limits) and re-scores the remaining heads with the removed
+  ones masked: about sum over the removals of the remaining heads, i.e. (removed heads) x H forwards of the
+  calibration set at most. Both costs are printed before the work starts.
+- `taylor`: first-order importance (Michel et al. 2019): |m_h * dL/dm_h| of a head mask m = 1, L the language-model
+  loss of the calibration samples, averaged over batches; one forward and one backward per batch.
+- `activation`: Minitron-style (ModelOpt's Mamba importance): per output channel of the head (the output projection's
+  input), sqrt(sum over samples of (mean over tokens of |x|)^2), then the L2 norm over the head's channels; one
+  forward per batch.
+- `decay`: data-free, from `A_log` / `dt_bias`: log of the head's memory length, -log(1 - exp(g)) with
+  g = -exp(A_log) * softplus(dt_bias) the per-token log decay at a zero gate input. A head that forgets fast has
+  a short memory and a low score. No forward at all.
+
+Every function has the signature `fn(model, samples, config, *, budget=None, progress=True) -> ImportanceScores`
+and `SCORE_FUNCTIONS` maps score names to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .arch import LinearAttentionAdapter, get_adapter
+from .config import DATA_SCORES, IMPORTANCE_SCORES, RankPruneConfig
+
+DEFAULT_HEADS_PER_FORWARD = 4  # kl: heads ablated side by side in one forward pass (rows = heads x batch_size)
+KL_POSITION_CHUNK = 128  # kl: positions whose vocabulary distributions are compared at a time (bounds memory)
+
+
+class ImportanceScoreError(ValueError):
+    """An importance score cannot be computed with these inputs (no data for a score that needs it, ...)."""
+
+
+@dataclass
+class ImportanceScores:
+    """Per linear layer, one score per value head (HIGH = important), and what was measured to get them."""
+
+    scores: list[np.ndarray]
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GreedyBudget:
+    """What greedy removal may do: `caps[p]` heads at most in linear layer p (0 for protected layers),
+    `done(counts)` says when the heads removed so far (per layer) meet the budget, and `heads` is how many removals
+    that takes (at most, for a byte target)."""
+
+    caps: list[int]
+    done: Callable[[list[int]], bool]
+    heads: int
+
+
+# -- head masks ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def head_masks(adapter: LinearAttentionAdapter, masks: list[torch.Tensor | None]) -> Iterator[None]:
+    """Within the block, linear layer p's value head h has its output multiplied by masks[p][..., h]: [num_heads]
+    for every row, or [rows, num_heads] per batch row; None leaves the layer alone. Implemented as forward
+    pre-hooks on the adapter's `head_output_modules` (the output projections), so the real forward runs."""
+    handles = []
+    try:
+        for (layer, module), mask in zip(adapter.head_output_modules(), masks):
+            if mask is None:
+                continue
+
+            def hook(_module, args, mask=mask, dv=layer.value_dim):
+                x = args[0]
+                channels = mask.to(device=x.device, dtype=x.dtype).repeat_interleave(dv, dim=-1)
+                if channels.dim() == 2:  # per row: [rows, 1, ..., channels]
+                    channels = channels.reshape(channels.shape[0], *([1] * (x.dim() - 2)), channels.shape[1])
+                return (x * channels, *args[1:])
+
+            handles.append(module.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _prepared(model, samples, config: RankPruneConfig, score: str):
+    from .calibrate import _as_samples, _input_device
+
+    if samples is None:
+        raise ImportanceScoreError(
+            f"score={score!r} is measured on calibration samples: pass samples (hf_rankprune.data."
+            "load_calibration_samples) or use RankPruner, which loads config.data with the model's tokenizer."
+        )
+    input_ids, _ = _as_samples(samples, None)
+    adapter = get_adapter(model)
+    batches = [input_ids[i : i + config.batch_size] for i in range(0, input_ids.shape[0], config.batch_size)]
+    return adapter, input_ids, batches, _input_device(model)
+
+
+def _measured(score: str, input_ids: torch.Tensor, config: RankPruneConfig, **extra) -> dict[str, Any]:
+    return {
+        "score": score,
+        "samples": int(input_ids.shape[0]),
+        "seq_len": int(input_ids.shape[1]),
+        "tokens": int(input_ids.numel()),
+        "data": list(config.data) if config.data else "builtin",
+        "batch_size": config.batch_size,
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=input_ids, use_cache=False).logits
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, flush=True)
+
+
+# -- decay -------------------------------------------------------------------------------------------------------
+
+
+def decay_scores(model, samples=None, config: RankPruneConfig | None = None, *, budget: GreedyBudget | None = None,
+                 progress: bool = True) -> ImportanceScores:  # fmt: skip
+    """Data-free: per head, log of its memory length, -log(1 - exp(g)), g = -exp(A_log) * softplus(dt_bias) (the
+    per-token log decay at a zero gate input; `samples` are not used). Decreasing in A_log."""
+    decays = [g.numpy() for g in get_adapter(model).gate_log_decay()]
+    # 1 - exp(g) without cancellation, floored so a head that never forgets (g = -0.0) gets a finite score
+    scores = [-np.log(np.maximum(-np.expm1(g), np.finfo(np.float64).tiny)) for g in decays]
+    retention = np.exp(np.concatenate(decays))
+    return ImportanceScores(
+        scores,
+        {
+            "score": "decay",
+            "data": None,
+            "forwards": 0,
+            "backwards": 0,
+            "formula": "-log(1 - exp(g)), g = -exp(A_log) * softplus(dt_bias) (gate input a = 0)",
+            "mean_retention_per_token": float(retention.mean()),
+        },
+    )
+
+
+# -- activation --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def activation_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget | None = None,
+                      progress: bool = True) -> ImportanceScores:  # fmt: skip
+    """Minitron-style: per output channel sqrt(sum over samples of (mean over tokens |x|)^2), x the output
+    projection's input; per head the L2 norm over its channels. One forward per batch."""
+    adapter, input_ids, batches, device = _prepared(model, samples, config, "activation")
+    modules = adapter.head_output_modules()
+    sums = [torch.zeros(layer.num_value_heads * layer.value_dim, dtype=torch.float64) for layer, _ in modules]
+    handles = []
+
+    def make_hook(position: int):
+        def hook(_module, args):
+            x = args[0].detach().abs().float()
+            per_sample = x.reshape(x.shape[0], -1, x.shape[-1]).mean(dim=1)  # [batch, channels]
+            sums[position] += per_sample.pow(2).sum(dim=0).to("cpu", torch.float64)
+
+        return hook
+
+    _say(progress, f"activation: {len(batches)} forwards ({input_ids.shape[0]} samples x {input_ids.shape[1]} tokens)")
+    try:
+        for position, (_, module) in enumerate(modules):
+            handles.append(module.register_forward_pre_hook(make_hook(position)))
+        with _eval_mode(model):
+            for batch in tqdm(batches, desc="activation scores", unit="batch", disable=not progress):
+                model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    scores = [
+        total.sqrt().reshape(layer.num_value_heads, layer.value_dim).norm(dim=1).numpy()
+        for total, (layer, _) in zip(sums, modules)
+    ]
+    return ImportanceScores(scores, _measured("activation", input_ids, config, forwards=len(batches), backwards=0))
+
+
+# -- taylor ------------------------------------------------------------------------------------------------------
+
+
+def taylor_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget | None = None,
+                  progress: bool = True) -> ImportanceScores:  # fmt: skip
+    """|m_h * dL/dm_h| of a head mask m = 1 (L: mean next-token cross-entropy of a batch), averaged over batches.
+    One forward and one backward per batch; the model's parameters get no gradients."""
+    adapter, input_ids, batches, device = _prepared(model, samples, config, "taylor")
+    layers = adapter.linear_layers()
+    masks = [torch.ones(layer.num_value_heads, dtype=torch.float32, requires_grad=True) for layer in layers]
+    totals = [torch.zeros(layer.num_value_heads, dtype=torch.float64) for layer in layers]
+    _say(progress, f"taylor: {len(batches)} forwards and backwards ({input_ids.shape[0]} samples x "
+                   f"{input_ids.shape[1]} tokens)")  # fmt: skip
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for parameter, _ in grad_flags:
+            parameter.requires_grad_(False)
+        with _eval_mode(model), torch.enable_grad(), head_masks(adapter, masks):
+            for batch in tqdm(batches, desc="taylor scores", unit="batch", disable=not progress):
+                batch = batch.to(device)
+                logits = _logits(model, batch)
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1).to(logits.device)
+                )
+                grads = torch.autograd.grad(loss, masks, allow_unused=True)
+                for total, grad, mask in zip(totals, grads, masks):
+                    if grad is not None:
+                        total += (mask.detach() * grad.detach()).abs().to(torch.float64)
+    finally:
+        for parameter, flag in grad_flags:
+            parameter.requires_grad_(flag)
+    scores = [(total / len(batches)).numpy() for total in totals]
+    return ImportanceScores(scores, _measured("taylor", input_ids, config, forwards=len(batches),
+                                              backwards=len(batches)))  # fmt: skip
+
+
+# -- kl ----------------------------------------------------------------------------------------------------------
+
+
+def _kl_sums(reference: torch.Tensor, logits: torch.Tensor, groups: int) -> torch.Tensor:
+    """Sum over samples and positions of KL(p_ref || p) for each of `groups` row blocks of `logits`
+    ([groups * B, L, V]; `reference`: log-probabilities [B, L, V])."""
+    batch, length, vocab = reference.shape
+    logits = logits.reshape(groups, batch, length, vocab)
+    total = torch.zeros(groups, dtype=torch.float64)
+    for start in range(0, length, KL_POSITION_CHUNK):
+        ref = reference[:, start : start + KL_POSITION_CHUNK].to(logits.device)
+        logp = torch.log_softmax(logits[:, :, start : start + KL_POSITION_CHUNK].float(), dim=-1)
+        kl = (ref.exp() * (ref - logp)).sum(dim=-1)  # [groups, B, chunk]
+        total += kl.sum(dim=(1, 2)).to("cpu", torch.float64)
+    return total
+
+
+class _KLRunner:
+    """Scores candidate head ablations on the calibration batches, `heads_per_forward` at a time."""
+
+    def __init__(self, model, adapter, batches, device, heads_per_forward: int, bar):
+        self.model, self.adapter, self.batches, self.device = model, adapter, batches, device
+        self.layers = adapter.linear_layers()
+        self.heads_per_forward = heads_per_forward
+        self.bar = bar
+        self.forwards = 0
+
+    def score(self, candidates: list[tuple[int, int]], removed: list[set[int]]) -> np.ndarray:
+        """Mean KL per token for each (layer position, head) in `candidates`, with the heads in `removed` (per
+        layer position) masked in every row and the candidate masked on top; reference: the unmasked model."""
+        totals = np.zeros(len(candidates))
+        tokens = 0
+        for batch in self.batches:
+            batch = batch.to(self.device)
+            rows = batch.shape[0]
+            tokens += batch.numel()
+            reference = torch.log_softmax(_logits(self.model, batch).float(), dim=-1)
+            self._tick(1)
+            for start in range(0, len(candidates), self.heads_per_forward):
+                group = candidates[start : start + self.heads_per_forward]
+                masks: list[torch.Tensor | None] = []
+                for position, layer in enumerate(self.layers):
+                    touched = removed[position] or any(p == position for p, _ in group)
+                    if not touched:
+                        masks.append(None)
+                        continue
+                    mask = torch.ones(len(group) * rows, layer.num_value_heads)
+                    mask[:, sorted(removed[position])] = 0
+                    for j, (p, head) in enumerate(group):
+                        if p == position:
+                            mask[j * rows : (j + 1) * rows, head] = 0
+                    masks.append(mask)
+                with head_masks(self.adapter, masks):
+                    logits = _logits(self.model, batch.repeat(len(group), 1))
+                totals[start : start + len(group)] += _kl_sums(reference, logits, len(group)).numpy()
+                self._tick(1)
+        return totals / tokens
+
+    def _tick(self, count: int) -> None:
+        self.forwards += count
+        self.bar.update(count)
+
+
+@torch.no_grad()
+def kl_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget | None = None, progress: bool = True,
+              heads_per_forward: int = DEFAULT_HEADS_PER_FORWARD) -> ImportanceScores:  # fmt: skip
+    """Output-KL ablation: per head, the mean over calibration tokens of KL(p_original || p_head zeroed) of the
+    next-token distributions. One forward per head per batch (plus one reference forward per batch), with
+    `heads_per_forward` heads side by side in a forward of heads_per_forward x batch_size rows; the number of
+    forward passes is printed before starting (with `progress`).
+
+    With `config.kl_greedy` (needs `budget`, from `scoring.greedy_budget`): heads are removed one at a time, the
+    lowest KL first within the budget's per-layer limits, and the remaining heads are re-scored with the removed
+    ones masked. A removed head's score is the KL of the model with it and every head removed before it (made
+    strictly increasing in removal order), so the lowest scores are the greedy removal order; every other head keeps
+    the KL of its last round, raised above the last removed head's."""
+    adapter, input_ids, batches, device = _prepared(model, samples, config, "kl")
+    if isinstance(heads_per_forward, bool) or not isinstance(heads_per_forward, int) or heads_per_forward < 1:
+        raise ImportanceScoreError(f"heads_per_forward={heads_per_forward!r} must be an integer >= 1.")
+    layers = adapter.linear_layers()
+    all_heads = [(p, h) for p, layer in enumerate(layers) for h in range(layer.num_value_heads)]
+    per_round = len(batches) * (1 + math.ceil(len(all_heads) / heads_per_forward))
+    shape = f"{input_ids.shape[0]} samples x {input_ids.shape[1]} tokens in {len(batches)} batches"
+    if config.kl_greedy and budget is None:
+        raise ImportanceScoreError("kl_greedy needs the budget (scoring.greedy_budget(adapter, config)).")
+    if not config.kl_greedy:
+        _say(progress, f"kl: {len(all_heads)} heads x {len(batches)} batches ({shape}): {per_round} forward passes "
+                       f"({len(batches)} reference, the rest {heads_per_forward} heads x {config.batch_size} samples "
+                       "each)")  # fmt: skip
+        total_forwards = per_round
+    else:
+        eligible = sum(layers[p].num_value_heads for p, cap in enumerate(budget.caps) if cap > 0)
+        steps = min(budget.heads, sum(budget.caps))
+        total_forwards = sum(len(batches) * (1 + math.ceil((eligible - s) / heads_per_forward)) for s in range(steps))
+        _say(progress, f"kl greedy: up to {steps} removals, each re-scoring the remaining of {eligible} eligible heads "
+                       f"on {shape}: at most {total_forwards} forward passes ({heads_per_forward} heads x "
+                       f"{config.batch_size} samples each)")  # fmt: skip
+    bar = tqdm(total=total_forwards, desc="kl scores", unit="forward", disable=not progress)
+    try:
+        with _eval_mode(model):
+            runner = _KLRunner(model, adapter, batches, device, heads_per_forward, bar)
+            if not config.kl_greedy:
+                values = runner.score(all_heads, [set() for _ in layers])
+                scores = [np.zeros(layer.num_value_heads) for layer in layers]
+                for (p, h), value in zip(all_heads, values):
+                    scores[p][h] = value
+                order = None
+            else:
+                scores, order = _greedy(runner, layers, budget)
+    finally:
+        bar.close()
+    measured = _measured("kl", input_ids, config, forwards=runner.forwards, backwards=0,
+                         heads_per_forward=heads_per_forward, greedy=bool(config.kl_greedy))  # fmt: skip
+    if order is not None:
+        measured["greedy_removal_order"] = [[layers[p].index, h] for p, h in order]
+    return ImportanceScores(scores, measured)
+
+
+def _greedy(runner: _KLRunner, layers, budget: GreedyBudget):
+    removed: list[set[int]] = [set() for _ in layers]
+    latest = [np.zeros(layer.num_value_heads) for layer in layers]
+    order: list[tuple[int, int]] = []
+    removal_kl: list[float] = []
+    while not budget.done([len(r) for r in removed]):
+        candidates = [(p, h) for p, layer in enumerate(layers) if len(removed[p]) < budget.caps[p]
+                      for h in range(layer.num_value_heads) if h not in removed[p]]  # fmt: skip
+        if not candidates:
+            break  # the allocator reports the unmet budget
+        values = runner.score(candidates, removed)
+        for (p, h), value in zip(candidates, values):
+            latest[p][h] = value
+        best = int(np.argmin(values))  # ties: the first candidate (lowest layer, then head)
+        p, h = candidates[best]
+        removed[p].add(h)
+        order.append((p, h))
+        removal_kl.append(float(values[best]))
+    scores = [values.copy() for values in latest]
+    floor = -np.inf
+    for (p, h), value in zip(order, removal_kl):
+        floor = value if value > floor else np.nextafter(floor, np.inf)
+        scores[p][h] = floor
+    for p, layer in enumerate(layers):
+        for h in range(layer.num_value_heads):
+            if h not in removed[p] and order and scores[p][h] <= floor:
+                scores[p][h] = np.nextafter(floor, np.inf)
+    return scores, order
+
+
+SCORE_FUNCTIONS: dict[str, Callable[..., ImportanceScores]] = {
+    "kl": kl_scores,
+    "taylor": taylor_scores,
+    "activation": activation_scores,
+    "decay": decay_scores,
+}
+assert set(SCORE_FUNCTIONS) == set(IMPORTANCE_SCORES)
+
+
+def importance_scores(model, config: RankPruneConfig, samples=None, *, budget: GreedyBudget | None = None,
+                      progress: bool = True) -> ImportanceScores:  # fmt: skip
+    """`config.score`'s importance scores of `model` (HIGH = important); `samples` for the scores that need data
+    (kl, taylor, activation); `budget` for kl_greedy."""
+    if config.score not in SCORE_FUNCTIONS:
+        raise ImportanceScoreError(
+            f"score={config.score!r} is not an importance score; those are {sorted(SCORE_FUNCTIONS)}."
+        )
+    if config.score in DATA_SCORES and samples is None:
+        raise ImportanceScoreError(
+            f"score={config.score!r} is measured on calibration samples and none were given: pass samples, or a "
+            "tokenizer to RankPruner so it can load config.data."
+        )
+    return SCORE_FUNCTIONS[config.score](model, samples, config, budget=budget, progress=progress)
