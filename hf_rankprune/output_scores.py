@@ -148,7 +148,7 @@ def _say(progress: bool, text: str) -> None:
 
 
 def decay_scores(model, samples=None, config: RankPruneConfig | None = None, *, budget: GreedyBudget | None = None,
-                 progress: bool = True) -> ImportanceScores:  # fmt: skip
+                 progress: bool = True, verbose: bool = True) -> ImportanceScores:  # fmt: skip
     """Data-free: per head, log of its memory length, -log(1 - exp(g)), g = -exp(A_log) * softplus(dt_bias) (the
     per-token log decay at a zero gate input; `samples` are not used). Decreasing in A_log."""
     decays = [g.numpy() for g in get_adapter(model).gate_log_decay()]
@@ -173,7 +173,7 @@ def decay_scores(model, samples=None, config: RankPruneConfig | None = None, *, 
 
 @torch.no_grad()
 def activation_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget | None = None,
-                      progress: bool = True) -> ImportanceScores:  # fmt: skip
+                      progress: bool = True, verbose: bool = True) -> ImportanceScores:  # fmt: skip
     """Minitron-style: per output channel sqrt(sum over samples of (mean over tokens |x|)^2), x the output
     projection's input; per head the L2 norm over its channels. One forward per batch."""
     adapter, input_ids, batches, device = _prepared(model, samples, config, "activation")
@@ -189,7 +189,7 @@ def activation_scores(model, samples, config: RankPruneConfig, *, budget: Greedy
 
         return hook
 
-    _say(progress, f"activation: {len(batches)} forwards ({input_ids.shape[0]} samples x {input_ids.shape[1]} tokens)")
+    _say(verbose, f"activation: {len(batches)} forwards ({input_ids.shape[0]} samples x {input_ids.shape[1]} tokens)")
     try:
         for position, (_, module) in enumerate(modules):
             handles.append(module.register_forward_pre_hook(make_hook(position)))
@@ -210,14 +210,14 @@ def activation_scores(model, samples, config: RankPruneConfig, *, budget: Greedy
 
 
 def taylor_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget | None = None,
-                  progress: bool = True) -> ImportanceScores:  # fmt: skip
+                  progress: bool = True, verbose: bool = True) -> ImportanceScores:  # fmt: skip
     """|m_h * dL/dm_h| of a head mask m = 1 (L: mean next-token cross-entropy of a batch), averaged over batches.
     One forward and one backward per batch; the model's parameters get no gradients."""
     adapter, input_ids, batches, device = _prepared(model, samples, config, "taylor")
     layers = adapter.linear_layers()
     masks = [torch.ones(layer.num_value_heads, dtype=torch.float32, requires_grad=True) for layer in layers]
     totals = [torch.zeros(layer.num_value_heads, dtype=torch.float64) for layer in layers]
-    _say(progress, f"taylor: {len(batches)} forwards and backwards ({input_ids.shape[0]} samples x "
+    _say(verbose, f"taylor: {len(batches)} forwards and backwards ({input_ids.shape[0]} samples x "
                    f"{input_ids.shape[1]} tokens)")  # fmt: skip
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
@@ -307,11 +307,11 @@ class _KLRunner:
 
 @torch.no_grad()
 def kl_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget | None = None, progress: bool = True,
-              heads_per_forward: int = DEFAULT_HEADS_PER_FORWARD) -> ImportanceScores:  # fmt: skip
+              verbose: bool = True, heads_per_forward: int = DEFAULT_HEADS_PER_FORWARD) -> ImportanceScores:  # fmt: skip
     """Output-KL ablation: per head, the mean over calibration tokens of KL(p_original || p_head zeroed) of the
     next-token distributions. One forward per head per batch (plus one reference forward per batch), with
     `heads_per_forward` heads side by side in a forward of heads_per_forward x batch_size rows; the number of
-    forward passes is printed before starting (with `progress`).
+    forward passes is printed before starting (with `verbose`).
 
     With `config.kl_greedy` (needs `budget`, from `scoring.greedy_budget`): heads are removed one at a time, the
     lowest KL first within the budget's per-layer limits, and the remaining heads are re-scored with the removed
@@ -328,7 +328,7 @@ def kl_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget |
     if config.kl_greedy and budget is None:
         raise ImportanceScoreError("kl_greedy needs the budget (scoring.greedy_budget(adapter, config)).")
     if not config.kl_greedy:
-        _say(progress, f"kl: {len(all_heads)} heads x {len(batches)} batches ({shape}): {per_round} forward passes "
+        _say(verbose, f"kl: {len(all_heads)} heads x {len(batches)} batches ({shape}): {per_round} forward passes "
                        f"({len(batches)} reference, the rest {heads_per_forward} heads x {config.batch_size} samples "
                        "each)")  # fmt: skip
         total_forwards = per_round
@@ -336,7 +336,7 @@ def kl_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget |
         eligible = sum(layers[p].num_value_heads for p, cap in enumerate(budget.caps) if cap > 0)
         steps = min(budget.heads, sum(budget.caps))
         total_forwards = sum(len(batches) * (1 + math.ceil((eligible - s) / heads_per_forward)) for s in range(steps))
-        _say(progress, f"kl greedy: up to {steps} removals, each re-scoring the remaining of {eligible} eligible heads "
+        _say(verbose, f"kl greedy: up to {steps} removals, each re-scoring the remaining of {eligible} eligible heads "
                        f"on {shape}: at most {total_forwards} forward passes ({heads_per_forward} heads x "
                        f"{config.batch_size} samples each)")  # fmt: skip
     bar = tqdm(total=total_forwards, desc="kl scores", unit="forward", disable=not progress)
@@ -400,7 +400,7 @@ assert set(SCORE_FUNCTIONS) == set(IMPORTANCE_SCORES)
 
 
 def importance_scores(model, config: RankPruneConfig, samples=None, *, budget: GreedyBudget | None = None,
-                      progress: bool = True) -> ImportanceScores:  # fmt: skip
+                      progress: bool = True, verbose: bool = True) -> ImportanceScores:  # fmt: skip
     """`config.score`'s importance scores of `model` (HIGH = important); `samples` for the scores that need data
     (kl, taylor, activation); `budget` for kl_greedy."""
     if config.score not in SCORE_FUNCTIONS:
@@ -412,4 +412,4 @@ def importance_scores(model, config: RankPruneConfig, samples=None, *, budget: G
             f"score={config.score!r} is measured on calibration samples and none were given: pass samples, or a "
             "tokenizer to RankPruner so it can load config.data."
         )
-    return SCORE_FUNCTIONS[config.score](model, samples, config, budget=budget, progress=progress)
+    return SCORE_FUNCTIONS[config.score](model, samples, config, budget=budget, progress=progress, verbose=verbose)

@@ -148,12 +148,12 @@ class RankPruner(OptimumQuantizer):
     def stats(self) -> RankStats | None:
         return self._stats
 
-    def measure_importance(self, data: Any = None, *, progress: bool = True):
+    def measure_importance(self, data: Any = None, *, progress: bool = True, verbose: bool = True):
         """Measure `config.score`'s head-importance scores (kl, taylor, activation, decay; see
         `hf_rankprune.output_scores`; HIGH = important) and keep them for `plan()`. The scores that need data run on
         `data` (samples, or any spec `load_calibration_samples` takes; default `config.data`, the built-in suite
         when None) cut into config.num_samples x config.seq_len tokens; decay reads only the weights. Returns the
-        `ImportanceScores`. A score that needs data without a tokenizer (and no samples given) is refused before
+        `ImportanceScores`; `verbose` prints the passes it takes first. A score that needs data without a tokenizer (and no samples given) is refused before
         any work."""
         from .config import DATA_SCORES
         from .output_scores import importance_scores
@@ -181,7 +181,8 @@ class RankPruner(OptimumQuantizer):
                     spec, self.tokenizer, self.config.num_samples, self.config.seq_len, self.config.seed
                 )
         budget = greedy_budget(self.adapter, self.config) if self.config.score == "kl" and self.config.kl_greedy else None
-        self._importance = importance_scores(self.model, self.config, samples, budget=budget, progress=progress)
+        self._importance = importance_scores(self.model, self.config, samples, budget=budget, progress=progress,
+                                             verbose=verbose)  # fmt: skip
         self._plan = None
         return self._importance
 
