@@ -92,12 +92,16 @@ def _analyze(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)
     samples = load_calibration_samples(config.data, tokenizer, config.num_samples, config.seq_len, config.seed)
     stats = calibrate(model, samples, config, progress=not args.quiet, model_name=str(args.model or DEMO_MODEL_NAME))
+    from .output_scores import decay_scores
+
+    decay = decay_scores(model, progress=False, verbose=False).scores  # data-free: correlated with the rank
     with atomic_output_dir(args.out, args.overwrite, inputs) as staging:
-        analysis = write_report(stats, staging)
+        analysis = write_report(stats, staging, decay=decay)
     strat, stab = analysis["stratification"], analysis["stability"]
     print(
         f"{strat['low_heads']} low-rank and {strat['high_heads']} high-rank heads of {strat['total_heads']}; "
-        f"Spearman early/late {stab['spearman_rank_early_vs_late']:.3f}. Report: {args.out}/report.md"
+        f"Spearman early/late {stab['spearman_rank_early_vs_late']:.3f}; decay score vs rank "
+        f"{analysis['decay']['spearman_with_mean_rank']:.3f}. Report: {args.out}/report.md"
     )
     return 0
 

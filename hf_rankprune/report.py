@@ -79,8 +79,26 @@ def bimodality(values: np.ndarray, threshold: float) -> dict[str, float]:
     return {"coefficient": float(coefficient), "separation": float(between / variance) if len(low) else 0.0}
 
 
-def analyze(stats: RankStats) -> dict[str, Any]:
-    """The paper's statistics as one JSON-ready dictionary (see report.md for what each means)."""
+def decay_rank_correlation(stats: RankStats, decay: list[np.ndarray]) -> dict[str, Any]:
+    """How well the data-free decay score (`output_scores.decay_scores`: log of a head's memory length from A_log /
+    dt_bias) orders the heads by calibrated mean rank: Spearman's rho over all heads, and per layer."""
+    if [len(d) for d in decay] != list(stats.num_heads):
+        raise ValueError(
+            f"decay scores have {[len(d) for d in decay]} heads per layer, the statistics {stats.num_heads}."
+        )
+    ranks = stats.head_means("threshold_rank")
+    per_layer = {str(layer): spearman(np.asarray(d, float), r) for layer, d, r in zip(stats.layers, decay, ranks)}
+    return {
+        "score": "decay: -log(1 - exp(g)), g = -exp(A_log) * softplus(dt_bias)",
+        "heads": int(sum(stats.num_heads)),
+        "spearman_with_mean_rank": spearman(np.concatenate(decay).astype(float), np.concatenate(ranks)),
+        "spearman_with_mean_rank_per_layer": per_layer,
+    }
+
+
+def analyze(stats: RankStats, decay: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """The paper's statistics as one JSON-ready dictionary (see report.md for what each means); with `decay` (per
+    linear layer, the decay score of each head), also its Spearman correlation with the calibrated rank."""
     caps = np.asarray(stats.rank_caps, dtype=float)
     head_rank = stats.head_means("threshold_rank")
     normalised = np.concatenate([ranks / cap for ranks, cap in zip(head_rank, caps)])
@@ -138,7 +156,7 @@ def analyze(stats: RankStats) -> dict[str, Any]:
     ]
     stability["min_pairwise_label_agreement_across_categories"] = min(pairwise) if pairwise else None
 
-    return {
+    result = {
         "model": stats.settings.get("model_name"),
         "model_type": stats.settings.get("model_type"),
         "num_samples": stats.num_samples,
@@ -162,6 +180,9 @@ def analyze(stats: RankStats) -> dict[str, Any]:
             for p, layer in enumerate(stats.layers)
         },
     }
+    if decay is not None:
+        result["decay"] = decay_rank_correlation(stats, decay)
+    return result
 
 
 def plot_figures(stats: RankStats, analysis: dict[str, Any], folder: str | os.PathLike) -> list[str]:
@@ -301,6 +322,20 @@ def render_markdown(analysis: dict[str, Any], figures: list[str]) -> str:
             for name, row in analysis["categories"].items()
         ],
         "",
+    ]
+    decay = analysis.get("decay")
+    if decay is not None:
+        lines += [
+            "## Decay and rank",
+            "",
+            f"The data-free decay score ({decay['score']}: the log of a head's memory length, with the gate input at "
+            f"0) against the calibrated mean rank of the same {decay['heads']} heads: Spearman rho = "
+            f"{_fmt(decay['spearman_with_mean_rank'])} (per layer: "
+            + ", ".join(f"{layer}: {_fmt(rho)}" for layer, rho in decay["spearman_with_mean_rank_per_layer"].items())
+            + "). Near 1: slow-forgetting heads are the high-rank ones, and decay orders heads without calibration.",
+            "",
+        ]
+    lines += [
         "## Figures",
         "",
         *[f"![{name}](figures/{name})" for name in figures],
@@ -309,11 +344,12 @@ def render_markdown(analysis: dict[str, Any], figures: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(stats: RankStats, folder: str | os.PathLike) -> dict[str, Any]:
-    """Write rank_stats.json, report.json, report.md and figures/*.png into `folder`; returns the analysis."""
+def write_report(stats: RankStats, folder: str | os.PathLike, decay: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Write rank_stats.json, report.json, report.md and figures/*.png into `folder`; returns the analysis. `decay`:
+    the model's per-head decay scores (`output_scores.decay_scores`), correlated with the rank in the report."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    analysis = analyze(stats)
+    analysis = analyze(stats, decay)
     figures = plot_figures(stats, analysis, folder / "figures")
     stats.to_json_file(folder / "rank_stats.json")
     (folder / "report.json").write_text(json.dumps(analysis, indent=2) + "\n", encoding="utf-8")

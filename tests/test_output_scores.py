@@ -245,3 +245,18 @@ def test_scores_on_a_ragged_pruned_model(model):
     assert sum(heads) == 19 and len(set(heads)) > 1  # ragged
     for score in ("kl", "taylor", "activation"):
         assert [len(s) for s in _scores(pruned, score).scores] == heads
+
+
+def test_the_report_correlates_decay_with_the_calibrated_rank(model, tmp_path):
+    from hf_rankprune import calibrate, write_report
+    from hf_rankprune.report import analyze, decay_rank_correlation
+
+    stats = calibrate(model, SAMPLES.repeat(1, 3), RankPruneConfig(grid_step=24), progress=False)
+    decay = importance_scores(model, RankPruneConfig(score="decay"), progress=False, verbose=False).scores
+    analysis = write_report(stats, tmp_path, decay=decay)
+    rho = analysis["decay"]["spearman_with_mean_rank"]
+    assert -1 <= rho <= 1 and set(analysis["decay"]["spearman_with_mean_rank_per_layer"]) == {"0", "1", "3"}
+    assert "## Decay and rank" in (tmp_path / "report.md").read_text()
+    assert "decay" not in analyze(stats)
+    with pytest.raises(ValueError, match="heads per layer"):
+        decay_rank_correlation(stats, decay[:2])
