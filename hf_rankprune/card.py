@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .config import IMPORTANCE_SCORES
 from .plan import PrunePlan
 
 __all__ = [
@@ -155,6 +156,7 @@ def build_model_card(
         "version": __version__,
         "settings": _Settings(settings),
         "direction_text": _direction_text(settings),
+        "importance_text": _importance_text(settings),
         "settings_yaml": yaml.safe_dump(settings, sort_keys=False, default_flow_style=None).strip() if settings else "",
         "recipe": _recipe_text(recipe),
         "cli_flags": _cli_flags(settings),
@@ -392,11 +394,39 @@ def _license_fields(license: str | Mapping[str, str] | None) -> dict[str, str]:
 
 def _direction_text(settings: Mapping[str, Any]) -> str:
     direction = _Settings(settings).direction
+    if _Settings(settings).score in IMPORTANCE_SCORES:  # a high importance score marks an important head
+        return {
+            "saturated": "most important (highest-score) heads, as requested,",
+            "low_rank": "least important (lowest-score) heads",
+            "random": "randomly chosen heads (a control)",
+        }.get(direction, f"`{direction}` heads")
     return {
         "saturated": "most saturated (highest-score) heads, the paper's choice,",
         "low_rank": "least saturated (lowest-score) heads, the opposite of the paper's choice,",
         "random": "randomly chosen heads (a control)",
     }.get(direction, f"`{direction}` heads" if direction else "selected heads")
+
+
+def _importance_text(settings: Mapping[str, Any]) -> str | None:
+    """What an importance score (kl, taylor, activation, decay) measured, in a sentence; None for rank scores."""
+    measured = _Settings(settings).score_measured
+    if _Settings(settings).score not in IMPORTANCE_SCORES or not isinstance(measured, Mapping):
+        return None
+    score = _Settings(settings).score
+    what = {
+        "kl": "the KL divergence of the next-token distributions when the head's output is zeroed"
+        + (", removing one head at a time and re-scoring the rest" if measured.get("greedy") else ""),
+        "taylor": "|mask x dLoss/dmask| of a head mask (first-order importance)",
+        "activation": "the norm of the head's output channels (Minitron-style)",
+        "decay": "the memory length of the head's gate, from A_log and dt_bias (no data)",
+    }[score]
+    if score == "decay":
+        return f"hf_rankprune scored every linear-attention head by {what}"
+    return (
+        f"hf_rankprune scored every linear-attention head by {what}, on {measured.get('samples')} calibration samples "
+        f"of {measured.get('seq_len')} tokens ({measured.get('forwards')} forward and {measured.get('backwards')} "
+        "backward passes)"
+    )
 
 
 def _recipe_text(recipe: Any) -> str | None:
@@ -414,6 +444,7 @@ def _recipe_text(recipe: Any) -> str | None:
 
 _CLI_FLAGS = {
     "score": "--score",
+    "kl_greedy": "--kl-greedy",
     "alpha": "--alpha",
     "norm": "--norm",
     "direction": "--direction",
@@ -434,7 +465,9 @@ def _cli_flags(settings: Mapping[str, Any]) -> str:
     flags = []
     for key, flag in _CLI_FLAGS.items():
         value = settings.get(key)
-        if value is not None and value is not False:
+        if value is True:  # a switch
+            flags.append(flag)
+        elif value is not None and value is not False:
             flags.append(f"{flag} {value}")
     protected = settings.get("protected_layers")
     if protected:

@@ -523,7 +523,10 @@ def apply_recipe(model: torch.nn.Module, recipe: Recipe | RankPruneConfig | dict
     model.eval()
     try:
         with torch.no_grad():
-            pruner.calibrate(_samples(data), progress=False)
+            if recipe.config.needs_rank_stats():
+                pruner.calibrate(_samples(data), progress=False)
+            else:  # importance scores (kl, taylor, activation, decay) are measured on the model instead
+                pruner.measure_importance(_samples(data), progress=False, verbose=False)
             apply_plan(model, pruner.plan(), carry=list(state.values()))
             plan = model_plan(model)
     finally:

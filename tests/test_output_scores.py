@@ -260,3 +260,11 @@ def test_the_report_correlates_decay_with_the_calibrated_rank(model, tmp_path):
     assert "decay" not in analyze(stats)
     with pytest.raises(ValueError, match="heads per layer"):
         decay_rank_correlation(stats, decay[:2])
+
+
+def test_apply_recipe_with_an_importance_score(model):
+    from hf_rankprune import apply_recipe
+
+    pruned = copy.deepcopy(model)
+    plan = apply_recipe(pruned, RankPruneConfig(score="taylor", num_heads=3, ratio=None, **SMALL), data=SAMPLES)
+    assert plan.num_removed_value_heads == 3 and plan.settings["score_measured"]["backwards"] == 1
