@@ -1,10 +1,14 @@
 """The whole job on the embedded demo model (what `make demo` runs).
 
-analyze -> evaluate the original -> probe (high vs low vs random vs JRNP) -> prune with the paper's settings ->
+analyze -> evaluate the original -> probe (highest- vs lowest-rank vs random vs JRNP) -> prune with the demo recipe ->
 evaluate the pruned model -> save it with its card. Leaves in --out: analysis/ (report, figures), probe/ (table),
 pruned_model/ (loadable, with README.md card), evaluation.json and summary.md.
 
-    python scripts/run_demo.py --out demo_out [--recipe recipes/demo.yaml] [--overwrite]
+    python scripts/run_demo.py --out demo_out [--recipe recipes/demo.yaml] [--overwrite] [--update-readme]
+    python scripts/run_demo.py --readme-from demo_out [--update-readme]   # check README.md against a finished run
+
+At the end the run compares its figures with README.md's demo-results block and exits with 1 when they differ
+(`--update-readme` writes them into README.md instead).
 """
 
 from __future__ import annotations
@@ -23,8 +27,89 @@ from hf_rankprune.report import write_report
 from hf_rankprune.utils import atomic_output_dir, check_output_dir
 
 REPO = Path(__file__).resolve().parent.parent
-EVAL_KEYS = ("passkey.accuracy", "passkey.accuracy@512", "passkey.accuracy@1024", "perplexity.perplexity",
-             "memory.linear_state_bytes", "memory.kv_cache_bytes", "speed.decode_tokens_per_s")  # fmt: skip
+README = REPO / "README.md"
+BEGIN = "<!-- demo-results: begin (written by scripts/run_demo.py; `make demo` checks README.md against it) -->"
+END = "<!-- demo-results: end -->"
+
+
+def _f3(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def results_markdown(analysis: dict, results: dict, probe: dict, plan) -> str:
+    """The demo's figures as README.md shows them (between BEGIN and END): rank statistics, original vs pruned, and
+    the probe, each figure with the samples, examples or tokens behind it. Run time and speed are left out: they
+    depend on the machine."""
+    strat, stab = analysis["stratification"], analysis["stability"]
+    original, pruned = results["original"], results["pruned"]
+    context = int(original["memory.context_length"])
+    memory = plan.memory(context_length=context)
+    lengths = sorted(int(k.split("@")[1]) for k in original if k.startswith("passkey.num_examples@"))
+    depths = int(original["passkey.num_examples@" + str(lengths[0])]) if lengths else 0
+    settings = plan.settings
+    rows = [
+        f"| passkey accuracy ({' and '.join(map(str, lengths))} tokens) | {original['passkey.accuracy']:.1%} | "
+        f"{pruned['passkey.accuracy']:.1%} | {int(original['passkey.num_examples'])} examples ({depths} per length) |",
+        f"| perplexity (packaged held-out text) | {original['perplexity.perplexity']:.2f} | "
+        f"{pruned['perplexity.perplexity']:.2f} | {int(original['perplexity.num_tokens']):,} tokens, windows of "
+        f"{int(original['perplexity.window'])} |",
+        f"| linear-attention state per sequence | {memory.state_bytes_before:,} B | {memory.state_bytes_after:,} B "
+        f"(-{memory.state_reduction:.1%}) | fp32 state |",
+        f"| full-attention KV cache at {context} tokens | {int(original['memory.kv_cache_bytes']):,} B | "
+        f"{int(pruned['memory.kv_cache_bytes']):,} B | one sequence |",
+    ]
+    probe_lines = render_probe_markdown(probe).strip().splitlines()
+    table = [line for line in probe_lines if line.startswith("|")]
+    basis = [line for line in probe_lines if line.startswith("Each variant")]
+    return "\n".join([
+        BEGIN,
+        f"| statistic (demo model, {analysis['num_samples']} samples x {analysis['seq_len']} tokens) | value | "
+        "paper (Qwen3-Next-80B) |",
+        "|---|---|---|",
+        f"| heads low / high rank (split at the widest gap) | {strat['low_heads']} / {strat['high_heads']} | two groups |",
+        f"| bimodality coefficient | {_f3(strat['bimodality']['coefficient'])} | |",
+        f"| Spearman rho of per-head rank, t={stab['early_token']} vs t={stab['late_token']} | "
+        f"{_f3(stab['spearman_rank_early_vs_late'])} | > 0.90 |",
+        f"| min cosine of rank vectors over time | {_f3(stab['min_cosine_rank_vs_final'])} | > 0.97 |",
+        f"| min cosine of norm vectors over time | {_f3(stab['min_cosine_norm_vs_final'])} | > 0.98 |",
+        f"| min label agreement between context categories | "
+        f"{_f3(stab['min_pairwise_label_agreement_across_categories'])} | stable |",
+        "",
+        f"Pruning with the paper's scoring and budget (Joint Rank-Norm, {settings['budget']} budget, ratio "
+        f"{settings['ratio']} = {settings['removed_value_heads']} of {settings['total_value_heads']} heads) and alpha "
+        f"{settings['alpha']} (the paper does not give its alpha):",
+        "",
+        "| metric | original | pruned | based on |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"The probe (`hf-rankprune probe`): the paper's Table 1 with the random control it lacked, "
+        f"{probe['num_heads']} heads removed in each variant. {' '.join(basis)}",
+        "",
+        *table,
+        "",
+        "> " + probe["verdict"],
+        END,
+    ])  # fmt: skip
+
+
+def check_readme(block: str, readme: str) -> list[str]:
+    """The lines where README.md's demo-results block differs from this run's `block` (empty: they agree)."""
+    if BEGIN not in readme or END not in readme:
+        return [f"README.md has no demo-results block ({BEGIN} ... {END})"]
+    start = readme.index(BEGIN)
+    shown = readme[start : readme.index(END, start) + len(END)].splitlines()
+    fresh = block.splitlines()
+    problems = [f"README: {a!r}\n  this run: {b!r}" for a, b in zip(shown, fresh) if a != b]
+    if len(shown) != len(fresh):
+        problems.append(f"README's block has {len(shown)} lines, this run's {len(fresh)}")
+    return problems
+
+
+def update_readme(block: str, readme: str) -> str:
+    start = readme.index(BEGIN)
+    end = readme.index(END, start) + len(END)
+    return readme[:start] + block + readme[end:]
 
 
 def _value(key: str, value: float) -> str:
@@ -35,25 +120,25 @@ def _value(key: str, value: float) -> str:
     return f"{value:.2f}"
 
 
-def summary_markdown(results: dict, probe: dict, plan, seconds: float) -> str:
-    rows = [f"| {key} | {_value(key, results['original'][key])} | {_value(key, results['pruned'][key])} |"
-            for key in EVAL_KEYS if key in results["original"]]  # fmt: skip
-    memory = plan.memory(context_length=1024)
+def _speed(results: dict) -> str:
+    low, high = results.get("speed.decode_tokens_per_s_min"), results.get("speed.decode_tokens_per_s_max")
+    spread = f" ({low:.1f}-{high:.1f})" if low is not None and high is not None else ""
+    return f"{results['speed.decode_tokens_per_s']:.1f}{spread}"
+
+
+def summary_markdown(block: str, results: dict, seconds: float) -> str:
+    original, pruned = results["original"], results["pruned"]
+    speed = "speed.decode_tokens_per_s"
     return "\n".join([
         "# hf_rankprune demo",
         "",
-        f"Model: the embedded demo model; pruned with the paper's settings (Joint Rank-Norm, alpha "
-        f"{plan.settings['alpha']}, {plan.settings['budget']} budget, ratio {plan.settings['ratio']}): "
-        f"{plan.settings['removed_value_heads']} of {plan.settings['total_value_heads']} value heads removed; "
-        f"linear state {memory.state_bytes_before} -> {memory.state_bytes_after} bytes per sequence "
-        f"({memory.state_reduction:.1%} less). Run time {seconds / 60:.1f} min.",
+        f"Model: the embedded demo model. Run time {seconds / 60:.1f} min.",
         "",
-        "| metric | original | pruned |",
-        "|---|---|---|",
-        *rows,
+        block.replace(BEGIN + "\n", "").replace("\n" + END, ""),
         "",
-        render_probe_markdown(probe),
-        "",
+        *([f"Decode speed on this machine (median of {int(original['speed.num_runs'])} runs, min-max in brackets): "
+           f"{_speed(original)} -> {_speed(pruned)} tokens/s; hardware- and load-dependent, so not in README.md.",
+           ""] if speed in original else []),
         "Files: `analysis/report.md` (stratification, stability, figures), `probe/probe.md`, `pruned_model/` "
         "(loads with `AutoModelForCausalLM.from_pretrained` after `import hf_rankprune`; card in README.md).",
         "",
@@ -65,7 +150,14 @@ def main() -> int:
     parser.add_argument("--out", default="demo_out")
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "demo.yaml"))
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="write this run's figures into README.md instead of checking README.md against them")
+    parser.add_argument("--readme-from", metavar="DIR", default=None,
+                        help="no run: check (or with --update-readme write) README.md against the output of a finished "
+                        "run of the demo recipe")  # fmt: skip
     args = parser.parse_args()
+    if args.readme_from is not None:
+        return _readme_step(block_from_output(Path(args.readme_from)), args.update_readme)
     check_output_dir(args.out, args.overwrite)
     if not (DEMO_MODEL_PATH / "config.json").is_file():
         print(f"error: the embedded demo model is missing at {DEMO_MODEL_PATH}", file=sys.stderr)
@@ -76,6 +168,7 @@ def main() -> int:
     pruner.model_name = "hf-rankprune demo model"
     evaluation = dict(recipe.evaluation or {})
     tasks = evaluation.pop("tasks", ("perplexity", "passkey", "memory", "speed"))
+    evaluation["progress"] = True
 
     with atomic_output_dir(args.out, args.overwrite) as staging:
         print("[1/5] calibrating and analysing state ranks", flush=True)
@@ -87,12 +180,12 @@ def main() -> int:
         original = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
         print("[3/5] probing which heads the model can spare", flush=True)
         probe_kwargs = {k: v for k, v in evaluation.items() if k != "context_length"}
-        probe = run_probe(pruner.model, pruner.tokenizer, stats, pruner.config, eval_kwargs=probe_kwargs,
+        probe = run_probe(pruner.model, pruner.tokenizer, stats, pruner.config, eval_kwargs=probe_kwargs, progress=True,
                           model_factory=lambda: load_model_and_tokenizer(str(DEMO_MODEL_PATH))[0])  # fmt: skip
         (staging / "probe").mkdir()
         write_probe(probe, staging / "probe")
         print(f"      {probe['verdict']}", flush=True)
-        print("[4/5] pruning with the paper's settings and evaluating the pruned model", flush=True)
+        print("[4/5] pruning with the demo recipe's settings and evaluating the pruned model", flush=True)
         pruner.prune()
         pruned = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
         pruner.evaluation_results = {"original": original, "pruned": pruned}
@@ -100,9 +193,39 @@ def main() -> int:
         pruner.save_pretrained(staging / "pruned_model")
         results = {"original": original, "pruned": pruned}
         (staging / "evaluation.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        summary = summary_markdown(results, probe, pruner.pruning_plan, time.perf_counter() - start)
+        block = results_markdown(analysis, results, probe, pruner.pruning_plan)
+        summary = summary_markdown(block, results, time.perf_counter() - start)
         (staging / "summary.md").write_text(summary)
+        (staging / "readme_results.md").write_text(block + "\n")
     print(summary)
+    if Path(args.recipe).resolve() != (REPO / "recipes" / "demo.yaml").resolve():
+        return 0  # README.md shows the demo recipe's run only
+    return _readme_step(block, args.update_readme)
+
+
+def block_from_output(folder: Path) -> str:
+    """The README block of a finished run, from the files it left (analysis, evaluation, probe, plan)."""
+    from hf_rankprune.plan import PrunePlan
+
+    analysis = json.loads((folder / "analysis" / "report.json").read_text())
+    results = json.loads((folder / "evaluation.json").read_text())
+    probe = json.loads((folder / "probe" / "probe.json").read_text())
+    plan = PrunePlan.from_json_file(folder / "pruned_model" / "prune_plan.json")
+    return results_markdown(analysis, results, probe, plan)
+
+
+def _readme_step(block: str, update: bool) -> int:
+    readme = README.read_text(encoding="utf-8")
+    if update:
+        README.write_text(update_readme(block, readme), encoding="utf-8")
+        print("README.md: demo results updated from this run")
+        return 0
+    problems = check_readme(block, readme)
+    if problems:
+        print("README.md does not match this run (`python scripts/run_demo.py --update-readme` rewrites it):",
+              *problems, sep="\n", file=sys.stderr)  # fmt: skip
+        return 1
+    print("README.md: every demo figure matches this run")
     return 0
 
 
