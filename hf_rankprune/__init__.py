@@ -16,11 +16,12 @@ from .data import (
     describe_samples,
     load_calibration_samples,
 )
+from .output_scores import importance_scores
 from .plan import LayerPlan, PlanError, PrunePlan
 from .pruner import RankPruner
 from .recipe import RankPruneCallback, Recipe, RecipeError, apply_recipe, check_architecture, load_recipe
 from .report import analyze, write_report
-from .scoring import head_scores, plan_from_stats
+from .scoring import head_scores, plan_from_scores, plan_from_stats
 from .stats import RankStats, StatsError
 from .surgery import apply_plan, model_plan, save_pruned
 
@@ -57,10 +58,12 @@ __all__ = [
     "describe_samples",
     "get_adapter",
     "head_scores",
+    "importance_scores",
     "load_calibration_samples",
     "load_recipe",
     "model_plan",
     "observe_states",
+    "plan_from_scores",
     "plan_from_stats",
     "save_pruned",
     "supported_model_types",
