@@ -418,7 +418,7 @@ def test_faults_end_in_one_error_line(tiny_model_dir, tmp_path, capsys, monkeypa
 
     # runtime faults while the output is written: disk full (exit 1), Ctrl-C (exit 130); nothing left behind
     def failing(exception):
-        def write_report(stats, folder):
+        def write_report(stats, folder, **kwargs):
             Path(folder, "rank_stats.json").write_text("{half")
             raise exception
 
@@ -461,7 +461,7 @@ SIGNAL_SCRIPT = textwrap.dedent(
     model, out = sys.argv[1:3]
 
     def write_then(signum):
-        def write_report(stats, folder):
+        def write_report(stats, folder, **kwargs):
             Path(folder, "rank_stats.json").write_text("{half")
             os.kill(os.getpid(), signum)
             time.sleep(30)
