@@ -65,7 +65,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, tuple[tuple[in
         try:
             dtype = SAFETENSORS_DTYPES[entry["dtype"]]
             shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
+            _, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{path}: tensor {name[:200]!r} has a malformed header entry.") from error
         tensors[name] = (shape, dtype)

@@ -91,11 +91,14 @@ def check_device_map(device_map: str | dict | None) -> None:
             raise ModelLoadError(f"device_map {str(name)[:100]!r} is not a device: use 'auto', 'cpu' or 'cuda:N'.") from error
         if device.type == "cuda":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if count == 0 or (device.index or 0) >= count:
+            if count == 0:
                 raise ModelLoadError(
-                    f"device_map {name!r}: this machine has {count} CUDA device(s). Use 'auto', 'cpu' or "
-                    f"'cuda:N' with N < {count}." if count else f"device_map {name!r}: this machine has no CUDA device; "
-                    "use 'cpu' (or leave --device-map out)."
+                    f"device_map {name!r}: this machine has no CUDA device; use 'cpu' (or leave --device-map out)."
+                )
+            if (device.index or 0) >= count:
+                raise ModelLoadError(
+                    f"device_map {name!r}: this machine has {count} CUDA device(s). Use 'auto', 'cpu' or 'cuda:N' "
+                    f"with N < {count}."
                 )
 
 

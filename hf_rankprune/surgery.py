@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .arch.base import check_can_carry_ragged, get_adapter
-from .checkpoint import check_saved_checkpoint
+from .checkpoint import auto_class_for_config, check_saved_checkpoint
 from .plan import PlanError, PrunePlan
 from .utils import atomic_output_dir, check_output_dir
 
@@ -61,7 +61,7 @@ def save_pruned(
     original's folder or Hub id): its processor files (image/video preprocessor configs, chat template) travel along,
     so a vision-language model stays usable with `AutoProcessor`.
     """
-    from .modeling import auto_class_name, remote_code_files
+    from .modeling import remote_code_files
 
     plan = model_plan(model)
     if plan is None:
@@ -88,7 +88,7 @@ def save_pruned(
             values = json.loads(config_path.read_text(encoding="utf-8"))
             values["auto_map"] = {
                 "AutoConfig": f"configuration_rankpruned.{config_class.__name__}",
-                auto_class_name(type(model)): f"modeling_rankpruned.{type(model).__name__}",
+                auto_class_for_config(model.config).__name__: f"modeling_rankpruned.{type(model).__name__}",
             }
             config_path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         check_saved_checkpoint(staging)

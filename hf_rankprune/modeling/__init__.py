@@ -43,7 +43,6 @@ __all__ = [
     "Qwen3_5TextRankPrunedForCausalLM",
     "RankPrunedGatedDeltaNet",
     "RankPrunedRMSNormGated",
-    "auto_class_name",
     "remote_code_files",
 ]
 
@@ -60,8 +59,8 @@ PRUNED_CLASSES = {cls.__mro__[1]: (cls.config_class, cls) for cls in _PRUNED_MOD
 _HERE = Path(__file__).resolve().parent
 
 
-def auto_class_name(model_class: type) -> str:
-    """The Auto class that loads checkpoints of `model_class` (vision-language models keep theirs)."""
+def _auto_class_name(model_class: type) -> str:
+    """The Auto class to register `model_class` with (vision-language models keep theirs)."""
     if model_class.__name__.endswith("ForConditionalGeneration"):
         return "AutoModelForImageTextToText"
     return "AutoModelForCausalLM"
@@ -84,7 +83,7 @@ def _register() -> None:
     for config_class, model_class in PRUNED_CLASSES.values():
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         try:
-            auto_classes[auto_class_name(model_class)].register(config_class, model_class)
+            auto_classes[_auto_class_name(model_class)].register(config_class, model_class)
         except ValueError:  # already registered (module reloaded)
             pass
 
