@@ -16,6 +16,7 @@ from .data import (
     describe_samples,
     load_calibration_samples,
 )
+from .errors import RankPruneError
 from .output_scores import importance_scores
 from .plan import LayerPlan, PlanError, PrunePlan
 from .pruner import RankPruner
@@ -43,6 +44,7 @@ __all__ = [
     "PlanError",
     "PrunePlan",
     "RankPruneConfig",
+    "RankPruneError",
     "RankPruneCallback",
     "RankPruner",
     "Recipe",

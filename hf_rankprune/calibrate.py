@@ -15,18 +15,13 @@ from tqdm.auto import tqdm
 
 from .arch import get_adapter
 from .config import RankPruneConfig
+from .errors import CalibrationError, NonFiniteStateError  # noqa: F401 (re-exported)
 from .kernels.gated_delta_rule.naive import naive_chunk_gated_delta_rule
 from .stats import RankStats, state_metrics
 
 StateCallback = Callable[[int, int, torch.Tensor], None]
 
 
-class CalibrationError(ValueError):
-    """Calibration cannot run on these inputs (empty data, samples shorter than the grid, non-finite states)."""
-
-
-class NonFiniteStateError(CalibrationError):
-    """A head's state holds NaN or inf: the model or its inputs are broken at that layer and head."""
 
 
 CHUNK = 64  # chunk length of the torch reference kernel: its chunk boundaries are the default grid

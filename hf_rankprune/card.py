@@ -23,6 +23,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import IMPORTANCE_SCORES
+from .errors import ModelCardError  # noqa: F401 (re-exported)
 from .plan import PrunePlan
 
 __all__ = [
@@ -63,9 +64,6 @@ METRIC_TASKS = {
 
 NOT_SCORES = ("memory", "speed")  # measured, but not quality scores for `model-index` (speed depends on hardware)
 
-
-class ModelCardError(ValueError):
-    """The inputs of a model card are malformed (evaluation results, template)."""
 
 
 # ------------------------------------------------------------------------------------------------ building

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import CheckpointError, SavedCheckpointError  # noqa: F401 (re-exported)
+
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -33,12 +35,6 @@ SAFETENSORS_DTYPES = {
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder's weight files are unreadable or do not match its config."""
-
-
-class SavedCheckpointError(RuntimeError):
-    """A checkpoint hf_rankprune just wrote would not load cleanly (a bug: nothing is left behind)."""
 
 
 def read_safetensors_header(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -14,12 +14,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .config import ConfigError, RankPruneConfig
-from .loading import DEMO_MODEL_NAME, ModelLoadError, load_model_and_tokenizer, resolve_model_path
-
-
-class UsageError(ValueError):
-    """A command-line input is wrong; the message says what and how to fix it."""
+from .config import RankPruneConfig
+from .errors import RankPruneError, UsageError
+from .loading import DEMO_MODEL_NAME, load_model_and_tokenizer, resolve_model_path
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -543,33 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (reported as one line), as opposed to bugs (shown with a traceback)."""
-    from .arch import AdapterError
-    from .calibrate import CalibrationError
-    from .card import ModelCardError
-    from .data import CalibrationDataError
-    from .hub import HubPushError
-    from .output_scores import ImportanceScoreError
-    from .plan import PlanError
-    from .recipe import RecipeError
-    from .stats import StatsError
-    from .utils import OutputExistsError
-
-    return (
-        UsageError,
-        ConfigError,
-        ModelLoadError,
-        AdapterError,
-        CalibrationError,
-        CalibrationDataError,
-        StatsError,
-        PlanError,
-        OutputExistsError,
-        RecipeError,
-        FileNotFoundError,
-        HubPushError,
-        ModelCardError,
-        ImportanceScoreError,
-    )
+    return (RankPruneError, FileNotFoundError)
 
 
 class Terminated(BaseException):

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError  # noqa: F401 (re-exported)
 from .utils import shown
 
 NORMS = ("nuclear", "frobenius")
@@ -28,9 +29,6 @@ UNIFORM_ROUNDINGS = ("down", "nearest", "up")
 LAYOUTS = ("auto", "stock")
 TIME_AGGREGATIONS = ("mean", "final")
 
-
-class ConfigError(ValueError):
-    """A setting has a value outside what is allowed; the message names the field, the value and the allowed set."""
 
 
 @dataclass

@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from .errors import CalibrationDataError  # noqa: F401 (re-exported)
+
 __all__ = [
     "BUILTIN_CATEGORIES",
     "CalibrationDataError",
@@ -49,9 +51,6 @@ _RARE_CHARS = ("§", "ж", "¶", "Ω", "ψ", "¤", "µ", "ß")
 _LOOKS_LIKE_FILE = (".txt", ".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow")
 _DATASET_SPEC = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(:[\w.\-]*){0,2}$")
 
-
-class CalibrationDataError(ValueError):
-    """Calibration data cannot be read or used; the message names the source and what to do instead."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import filter_repo_objects, get_token, validate_repo_id
 
+from .errors import HubPushError  # noqa: F401 (re-exported)
 from .utils import OUTPUT_MARKER
 
 try:  # huggingface_hub >= 2 talks through httpx2, 1.x through httpx
@@ -44,9 +45,6 @@ _IGNORE_PATTERNS = [
 ]
 _DEFAULT_MESSAGE = "Upload pruned model with hf_rankprune"
 
-
-class HubPushError(RuntimeError):
-    """A push to the Hub failed; the message says why and what to do. The local folder is untouched."""
 
 
 def push_folder(

@@ -16,6 +16,7 @@ from .checkpoint import (
     load_report,
     report_from_loading_info,
 )
+from .errors import ModelLoadError  # noqa: F401 (re-exported)
 
 DEMO_MODEL_PATH = Path(__file__).parent / "assets" / "demo_model"
 DEMO_MODEL_NAME = "hf_rankprune demo model (hf_rankprune/assets/demo_model)"
@@ -40,9 +41,6 @@ def quiet_gpu_kernel_notices_on_cpu() -> None:
     if not any(isinstance(f, _CpuKernelNotice) for f in logger.filters):
         logger.addFilter(_CpuKernelNotice())
 
-
-class ModelLoadError(ValueError):
-    """The model cannot be found or is not a model this tool handles."""
 
 
 def resolve_model_path(model: str | os.PathLike | None) -> str:

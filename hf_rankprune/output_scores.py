@@ -40,13 +40,11 @@ from tqdm.auto import tqdm
 
 from .arch import LinearAttentionAdapter, get_adapter
 from .config import DATA_SCORES, IMPORTANCE_SCORES, RankPruneConfig
+from .errors import ImportanceScoreError  # noqa: F401 (re-exported)
 
 DEFAULT_HEADS_PER_FORWARD = 4  # kl: heads ablated side by side in one forward pass (rows = heads x batch_size)
 KL_POSITION_CHUNK = 128  # kl: positions whose vocabulary distributions are compared at a time (bounds memory)
 
-
-class ImportanceScoreError(ValueError):
-    """An importance score cannot be computed with these inputs (no data for a score that needs it, ...)."""
 
 
 @dataclass

@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
+from .errors import PlanError  # noqa: F401 (re-exported)
+
 PLAN_VERSION = 1
 CONFIG_KEY = "rankprune_plan"
 
-
-class PlanError(ValueError):
-    """A plan is inconsistent, or does not fit the model it is applied to."""
 
 
 def _dtype_name(dtype: torch.dtype | str | None) -> str | None:

@@ -54,6 +54,7 @@ import torch
 import yaml
 
 from .config import ConfigError, RankPruneConfig
+from .errors import RecipeError  # noqa: F401 (re-exported)
 from .utils import shown
 
 if TYPE_CHECKING:
@@ -136,9 +137,6 @@ _RecipeLoader.add_implicit_resolver(
     list("-+.0123456789"),
 )
 
-
-class RecipeError(ValueError):
-    """A recipe cannot be read, has unknown keys or bad values, or does not fit the model; names file and key."""
 
 
 @dataclass

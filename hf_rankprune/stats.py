@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import StatsError  # noqa: F401 (re-exported)
+
 METRICS = ("threshold_rank", "nuclear_norm", "frobenius_norm", "stable_rank", "entropy_rank")
 RANK_METRIC_NAMES = {"threshold": "threshold_rank", "stable": "stable_rank", "entropy": "entropy_rank"}
 NORM_METRIC_NAMES = {"nuclear": "nuclear_norm", "frobenius": "frobenius_norm"}
 FORMAT_VERSION = 1
 
-
-class StatsError(ValueError):
-    """Statistics that cannot be combined or used as asked (different models, grids or metric settings)."""
 
 
 def state_metrics(states: torch.Tensor, rank_eps: float) -> dict[str, torch.Tensor]:

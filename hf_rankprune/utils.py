@@ -20,18 +20,13 @@ import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .errors import OutputExistsError, OutputPathError  # noqa: F401 (re-exported)
+
 OUTPUT_MARKER = ".hf_rankprune_output"
 _MARKER_TEXT = "This folder was written by hf_rankprune; `--overwrite` may replace it.\n"
 _RESULTS_FILE_LIMIT = 1 << 20  # an earlier results JSON of `eval` is small
 
 
-class OutputExistsError(FileExistsError):
-    """The output folder exists and holds files; nothing is overwritten unless asked."""
-
-
-class OutputPathError(OutputExistsError):
-    """The output path cannot be used: it is empty, overlaps an input or the working directory, holds files this tool
-    did not write, or cannot be created (no permission, read-only filesystem)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from ..errors import AdapterError  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:
     from ..plan import PrunePlan
 
 _REGISTRY: dict[str, type[LinearAttentionAdapter]] = {}
 
-
-class AdapterError(ValueError):
-    """The model cannot be handled: unsupported architecture or no linear-attention layers."""
 
 
 @dataclass(frozen=True)

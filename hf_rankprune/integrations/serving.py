@@ -18,13 +18,12 @@ import re
 import subprocess
 from pathlib import Path
 
+from ..errors import ServingError  # noqa: F401 (re-exported)
+
 VLLM_PYTHON_ENV = "HF_RANKPRUNE_VLLM_PYTHON"
 _SCRIPT = Path(__file__).with_name("vllm_generate.py")
 _CAPACITY = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.,]+)x")
 
-
-class ServingError(RuntimeError):
-    """vLLM could not serve a checkpoint; the message carries the engine's last words."""
 
 
 def vllm_python() -> str | None:
