@@ -19,7 +19,6 @@ from conftest import build_tiny_tokenizer
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from hf_rankprune import data as data_module
 from hf_rankprune.data import (
     BUILTIN_CATEGORIES,
     CalibrationDataError,
@@ -29,6 +28,7 @@ from hf_rankprune.data import (
     describe_samples,
     load_calibration_samples,
 )
+from hf_rankprune.data import sources as data_sources
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_hub_dataset_streams_when_online(tokenizer, monkeypatch):
         calls.append((name, config, split, streaming))
         return datasets.Dataset.from_dict({"text": texts}).to_iterable_dataset()
 
-    monkeypatch.setattr(data_module, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(data_sources, "_hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     samples = load_calibration_samples("wikitext:wikitext-2-raw-v1:validation", tokenizer, 3, 16)
     _check(samples, 3, 16, "wikitext", _stream(tokenizer, texts))
