@@ -23,7 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig  # noqa: E402
 
-from hf_rankprune.arch import get_adapter  # noqa: E402
+from hf_rankprune.arch import (
+    get_adapter,  # noqa: E402
+    model_geometry,
+)
 from hf_rankprune.plan import PrunePlan  # noqa: E402
 from hf_rankprune.surgery import apply_plan  # noqa: E402
 
@@ -77,7 +80,7 @@ def random_ragged_plan(model, fraction: float, seed: int = 0) -> PrunePlan:
         if len(kept[index]) > 1:
             kept[index].discard(j)
             budget -= 1
-    return PrunePlan.from_kept_heads(model, {i: sorted(k) for i, k in kept.items()}, settings={"kind": "random"})
+    return PrunePlan.from_kept_heads(model_geometry(model), {i: sorted(k) for i, k in kept.items()}, settings={"kind": "random"})
 
 
 def uniform_plan(model, fraction: float, seed: int = 0) -> PrunePlan:
@@ -97,7 +100,7 @@ def uniform_plan(model, fraction: float, seed: int = 0) -> PrunePlan:
             for group in rng.sample(range(info.num_key_heads), groups)
             for j in rng.sample(range(ratio), per_group)
         )
-    return PrunePlan.from_kept_heads(model, kept, settings={"kind": "uniform"})
+    return PrunePlan.from_kept_heads(model_geometry(model), kept, settings={"kind": "uniform"})
 
 
 def decode_tokens_per_second(model, tokens: int, prompt_len: int = 32, repeats: int = 2) -> float:
@@ -129,7 +132,7 @@ def main(argv=None) -> None:
     print("-" * len(header))
     for shape in args.shapes:
         original = build(shape)
-        state_before = PrunePlan.identity(original).memory().state_bytes_before
+        state_before = PrunePlan.identity(model_geometry(original)).memory().state_bytes_before
         base = decode_tokens_per_second(original, args.tokens)
         print(f"{shape:6} {'original':8} {'0.0%':>8} {state_before:>12} {1.0:>6.3f} {base:>8.1f} {1.0:>7.2f}")
         for fraction in FRACTIONS:

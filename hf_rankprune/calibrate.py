@@ -1,97 +1,31 @@
 """Calibration: run the model's real forward on token samples and record every linear head's state on a grid.
 
-The adapter routes each linear layer's prefill kernel call through `observe_states`, which hands every state on the
-grid to a callback as the recurrence reaches it (see there for how). Only the state being carried exists at a time,
-so memory does not grow with the sequence or the number of samples, and the forward's outputs are unchanged.
+The family's adapter (`observe_states`) hands every state on the grid to a callback as the recurrence reaches it.
+Only the state being carried exists at a time, so memory does not grow with the sequence or the number of samples, and the forward's outputs are unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .arch import get_adapter
+from .arch.base import StateCallback
 from .config import RankPruneConfig
 from .errors import CalibrationError, NonFiniteStateError  # noqa: F401 (re-exported)
-from .kernels.gated_delta_rule.naive import naive_chunk_gated_delta_rule
 from .stats import RankStats, state_metrics
-
-StateCallback = Callable[[int, int, torch.Tensor], None]
-
-
-
-
-CHUNK = 64  # chunk length of the torch reference kernel: its chunk boundaries are the default grid
 
 
 @contextlib.contextmanager
 def observe_states(model: torch.nn.Module, grid: Sequence[int], callback: StateCallback) -> Iterator[None]:
     """Within the block, every prefill of a linear layer from an empty state calls `callback(layer, g, state)` at
     each grid position `grid[g]` (tokens seen) the sequence reaches; `state` is [batch, value_heads, d_k, d_v].
-    Calls that continue from a cached state (chunked prefill, decoding) pass through unobserved.
-
-    On CPU, when every grid point inside the sequence is a multiple of 64 (the default grid), the layer runs once
-    through the package's torch reference kernel, which hands over the state at each chunk boundary (the reference
-    matches transformers' kernel to float32 round-off). Otherwise (GPUs, irregular grids) the model's own kernel
-    runs segment by segment between grid points, carrying the state across.
-    """
-    grid = list(grid)
-    grid_index = {position: index for index, position in enumerate(grid)}
-
-    def make_wrapper(original: Callable, current_layer: Callable[[], int | None]) -> Callable:
-        # On CPU, bypass an fla kernel bound at import (it has no CPU driver): use the torch function it wraps.
-        torch_original = getattr(original, "__wrapped__", original)
-
-        def observed(query, key, value, g, beta, *args, initial_state=None, output_final_state=False, **kwargs):
-            layer = current_layer()
-            on_cpu = query.device.type == "cpu"
-            kernel = torch_original if on_cpu else original
-            if layer is None or initial_state is not None or args or kwargs.get("cu_seqlens") is not None:
-                return kernel(
-                    query, key, value, g, beta, *args,
-                    initial_state=initial_state, output_final_state=output_final_state, **kwargs,
-                )  # fmt: skip
-            length = query.shape[1]
-            if on_cpu and all(position % CHUNK == 0 for position in grid if position < length):
-                return _observe_in_one_pass(layer, query, key, value, g, beta, output_final_state, kwargs)
-            outputs, state, start = [], None, 0
-            ends = [position for position in grid if position <= length]
-            if not ends or ends[-1] != length:
-                ends.append(length)
-            for end in ends:
-                output, state = kernel(
-                    query[:, start:end], key[:, start:end], value[:, start:end],
-                    g=g[:, start:end], beta=beta[:, start:end],
-                    initial_state=state, output_final_state=True, **kwargs,
-                )  # fmt: skip
-                outputs.append(output)
-                if end in grid_index:
-                    callback(layer, grid_index[end], state)
-                start = end
-            return torch.cat(outputs, dim=1), (state if output_final_state else None)
-
-        return observed
-
-    def _observe_in_one_pass(layer, query, key, value, g, beta, output_final_state, kwargs):
-        length = query.shape[1]
-
-        def snapshot(chunk: int, state: torch.Tensor) -> None:
-            position = min((chunk + 1) * CHUNK, length)
-            if position in grid_index:
-                callback(layer, grid_index[position], state)
-
-        output, state = naive_chunk_gated_delta_rule(
-            query, key, value, g, beta,
-            value_to_key=kwargs.get("value_to_key"), scale=kwargs.get("scale"),
-            use_qk_l2norm_in_kernel=kwargs.get("use_qk_l2norm_in_kernel", False),
-            output_final_state=True, chunk_size=CHUNK, chunk_state_callback=snapshot,
-        )  # fmt: skip
-        return output, (state if output_final_state else None)
-
-    with get_adapter(model).observe(make_wrapper):
+    How the states are observed is the family's (`LinearAttentionAdapter.observe_states`); the forward's outputs
+    are unchanged and nothing per token is kept."""
+    with get_adapter(model).observe_states(grid, callback):
         yield
 
 

@@ -22,27 +22,11 @@ from typing import Any
 import torch
 
 from .errors import PlanError  # noqa: F401 (re-exported)
+from .memory import LayerMemory, PlanMemory, plan_memory  # noqa: F401 (re-exported)
 
 PLAN_VERSION = 1
 CONFIG_KEY = "rankprune_plan"
 
-
-
-def _dtype_name(dtype: torch.dtype | str | None) -> str | None:
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        return dtype.replace("torch.", "")
-    return str(dtype).replace("torch.", "")
-
-
-def _dtype_bytes(dtype: torch.dtype | str) -> int:
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.replace("torch.", ""), None)
-        if not isinstance(resolved, torch.dtype):
-            raise PlanError(f"Unknown dtype {dtype!r}.")
-        dtype = resolved
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def consecutive_value_to_key(num_key_heads: int, num_value_heads: int) -> list[int]:
@@ -242,91 +226,44 @@ class LayerPlan:
         return plan
 
 
-@dataclass
-class LayerMemory:
-    layer: int
-    state_bytes_before: int
-    state_bytes_after: int
-    conv_bytes_before: int
-    conv_bytes_after: int
+@dataclass(frozen=True)
+class LayerGeometry:
+    """One linear-attention layer as a plan sees it: head counts, head dims and (when not the stock consecutive
+    grouping) the value->key map of the layer as it is now."""
+
+    index: int
+    num_key_heads: int
+    num_value_heads: int
+    key_dim: int
+    value_dim: int
+    value_to_key: tuple[int, ...] | None = None
 
 
-@dataclass
-class PlanMemory:
-    """Bytes of inference state for `batch_size` sequences of `context_length` tokens, before and after pruning.
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a plan is built from and checked against: the model type, its linear layers (by index), and the
+    geometry memory accounting needs (`model_info`, see `hf_rankprune.memory`). Adapters produce it
+    (`LinearAttentionAdapter.geometry()`); plans never look at a model."""
 
-    `state_bytes_*` is the linear-attention recurrent state ([HV, K, V] per sequence and layer): the paper's figure.
-    `conv_bytes_*` is the linear layers' short-convolution state; `kv_cache_bytes` the full-attention KV cache (not
-    changed by pruning). `total_bytes_*` adds all three: the whole-model figure.
-    """
+    model_type: str
+    layers: tuple[LayerGeometry, ...]
+    model_info: dict[str, Any] = field(default_factory=dict)
 
-    context_length: int
-    batch_size: int
-    state_dtype: str
-    conv_dtype: str
-    kv_dtype: str
-    layers: list[LayerMemory]
-    state_bytes_before: int
-    state_bytes_after: int
-    conv_bytes_before: int
-    conv_bytes_after: int
-    kv_cache_bytes: int
-
-    @property
-    def total_bytes_before(self) -> int:
-        return self.state_bytes_before + self.conv_bytes_before + self.kv_cache_bytes
-
-    @property
-    def total_bytes_after(self) -> int:
-        return self.state_bytes_after + self.conv_bytes_after + self.kv_cache_bytes
-
-    @property
-    def state_reduction(self) -> float:
-        """Fraction of the linear recurrent state removed (the paper's 38.9%)."""
-        return 1.0 - self.state_bytes_after / self.state_bytes_before if self.state_bytes_before else 0.0
-
-    @property
-    def total_reduction(self) -> float:
-        return 1.0 - self.total_bytes_after / self.total_bytes_before if self.total_bytes_before else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "context_length": self.context_length,
-            "batch_size": self.batch_size,
-            "state_dtype": self.state_dtype,
-            "conv_dtype": self.conv_dtype,
-            "kv_dtype": self.kv_dtype,
-            "layers": [vars(layer).copy() for layer in self.layers],
-            "state_bytes_before": self.state_bytes_before,
-            "state_bytes_after": self.state_bytes_after,
-            "conv_bytes_before": self.conv_bytes_before,
-            "conv_bytes_after": self.conv_bytes_after,
-            "kv_cache_bytes": self.kv_cache_bytes,
-            "total_bytes_before": self.total_bytes_before,
-            "total_bytes_after": self.total_bytes_after,
-            "state_reduction": self.state_reduction,
-            "total_reduction": self.total_reduction,
-        }
+    def layer_map(self) -> dict[int, LayerGeometry]:
+        return {layer.index: layer for layer in self.layers}
 
 
-def model_info_from_config(config, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """The geometry a plan needs for memory accounting, read from a (text) config."""
-    getter = getattr(config, "get_text_config", None)
-    text = getter() if callable(getter) else config
-    layer_types = list(getattr(text, "layer_types", None) or [])
-    num_heads = getattr(text, "num_attention_heads", None)
-    head_dim = getattr(text, "head_dim", None) or (text.hidden_size // num_heads if num_heads else None)
-    if dtype is None:
-        dtype = getattr(text, "dtype", None) or getattr(config, "dtype", None) or torch.float32
-    return {
-        "hidden_size": getattr(text, "hidden_size", None),
-        "num_hidden_layers": getattr(text, "num_hidden_layers", len(layer_types)),
-        "full_attention_layers": [i for i, kind in enumerate(layer_types) if kind == "full_attention"],
-        "num_key_value_heads": getattr(text, "num_key_value_heads", None),
-        "head_dim": head_dim,
-        "conv_kernel_size": getattr(text, "linear_conv_kernel_dim", None),
-        "dtype": _dtype_name(dtype),
-    }
+def _geometry(source: Any) -> ModelGeometry:
+    """`source` as a `ModelGeometry`: one already, or anything with a `geometry()` method (an adapter)."""
+    if isinstance(source, ModelGeometry):
+        return source
+    geometry = getattr(source, "geometry", None)
+    if callable(geometry):
+        return geometry()
+    raise PlanError(
+        f"a plan is built from a ModelGeometry, got {type(source).__name__}: pass "
+        "hf_rankprune.get_adapter(model).geometry() (or hf_rankprune.model_geometry(model))."
+    )
 
 
 @dataclass
@@ -354,7 +291,7 @@ class PrunePlan:
     @classmethod
     def from_kept_heads(
         cls,
-        model_or_adapter,
+        geometry: ModelGeometry,
         kept_value_heads: Mapping[int, Iterable[int]],
         *,
         scores: Mapping[int, Sequence[float]] | None = None,
@@ -364,8 +301,8 @@ class PrunePlan:
 
         Linear layers not listed keep all their heads. Key heads whose value heads all go are dropped.
         """
-        adapter = _as_adapter(model_or_adapter)
-        infos = {info.index: info for info in adapter.linear_layers()}
+        geometry = _geometry(geometry)
+        infos = geometry.layer_map()
         unknown = sorted(set(int(i) for i in kept_value_heads) - set(infos))
         if unknown:
             raise PlanError(f"layers {unknown} are not linear-attention layers of the model (those are {sorted(infos)}).")
@@ -381,36 +318,36 @@ class PrunePlan:
                     info.key_dim,
                     info.value_dim,
                     kept,
-                    source_value_to_key=_module_value_to_key(info),
+                    source_value_to_key=_non_consecutive(info),
                 )
             )
         return cls(
-            model_type=adapter.config.model_type,
+            model_type=geometry.model_type,
             layers=layers,
             scores={int(k): [float(x) for x in v] for k, v in scores.items()} if scores is not None else None,
             settings=dict(settings or {}),
-            model_info=model_info_from_config(adapter.config, dtype=_model_dtype(adapter.model)),
+            model_info=copy.deepcopy(geometry.model_info),
         )
 
     @classmethod
     def from_removed_heads(
-        cls, model_or_adapter, removed_value_heads: Mapping[int, Iterable[int]], **kwargs: Any
+        cls, geometry: ModelGeometry, removed_value_heads: Mapping[int, Iterable[int]], **kwargs: Any
     ) -> PrunePlan:
         """Like `from_kept_heads`, naming the value heads to remove in each listed layer instead."""
-        adapter = _as_adapter(model_or_adapter)
-        infos = {info.index: info for info in adapter.linear_layers()}
+        geometry = _geometry(geometry)
+        infos = geometry.layer_map()
         kept = {}
         for index, removed in removed_value_heads.items():
             if int(index) not in infos:
                 raise PlanError(f"layer {index} is not a linear-attention layer of the model (those are {sorted(infos)}).")
             removed = {int(j) for j in removed}
             kept[int(index)] = [j for j in range(infos[int(index)].num_value_heads) if j not in removed]
-        return cls.from_kept_heads(adapter, kept, **kwargs)
+        return cls.from_kept_heads(geometry, kept, **kwargs)
 
     @classmethod
-    def identity(cls, model_or_adapter) -> PrunePlan:
+    def identity(cls, geometry: ModelGeometry) -> PrunePlan:
         """The plan that keeps every head."""
-        return cls.from_kept_heads(model_or_adapter, {})
+        return cls.from_kept_heads(geometry, {})
 
     @classmethod
     def from_config(cls, config) -> PrunePlan | None:
@@ -542,10 +479,10 @@ class PrunePlan:
             seen.add(layer.layer)
             layer.check()
 
-    def validate_for(self, model_or_adapter) -> None:
-        """Raise `PlanError` unless this plan fits `model` (same linear layers, head counts, dims and grouping)."""
-        adapter = _as_adapter(model_or_adapter)
-        infos = {info.index: info for info in adapter.linear_layers()}
+    def validate_for(self, geometry: ModelGeometry) -> None:
+        """Raise `PlanError` unless this plan fits the model of `geometry` (same linear layers, head counts, dims
+        and grouping)."""
+        infos = _geometry(geometry).layer_map()
         plan_layers = {layer.layer: layer for layer in self.layers}
         if set(plan_layers) != set(infos):
             raise PlanError(
@@ -565,8 +502,8 @@ class PrunePlan:
                         f"plan made for another model: layer {index} has {model_value} {what} in the model, the plan "
                         f"expects {plan_value}."
                     )
-            if _module_value_to_key(info) is not None or layer.source_value_to_key is not None:
-                model_map = _module_value_to_key(info) or consecutive_value_to_key(
+            if _non_consecutive(info) is not None or layer.source_value_to_key is not None:
+                model_map = _non_consecutive(info) or consecutive_value_to_key(
                     info.num_key_heads, info.num_value_heads
                 )
                 if model_map != layer.source_map():
@@ -644,52 +581,9 @@ class PrunePlan:
         kv_dtype: torch.dtype | str | None = None,
         conv_dtype: torch.dtype | str | None = None,
     ) -> PlanMemory:
-        """State bytes before/after pruning, per linear layer and in total, plus the full-attention KV cache.
-
-        The recurrent state is [HV, K, V] per sequence (fp32 in the torch and fla kernels); the conv state is
-        [conv_dim, conv_kernel_size] per sequence in the model dtype; the full-attention KV cache is
-        2 * num_key_value_heads * head_dim * context_length per layer and sequence, in `kv_dtype` (default: the
-        model dtype recorded in the plan).
-        """
-        info = self.model_info
-        model_dtype = info.get("dtype") or "float32"
-        kv_dtype = kv_dtype if kv_dtype is not None else model_dtype
-        conv_dtype = conv_dtype if conv_dtype is not None else model_dtype
-        state_size, kv_size, conv_size = _dtype_bytes(state_dtype), _dtype_bytes(kv_dtype), _dtype_bytes(conv_dtype)
-        kernel = info.get("conv_kernel_size") or 0
-        layers = []
-        for layer in self.layers:
-            conv_before = 2 * layer.num_key_heads * layer.key_dim + layer.num_value_heads * layer.value_dim
-            conv_after = 2 * layer.num_kept_key_heads * layer.key_dim + layer.num_kept_value_heads * layer.value_dim
-            layers.append(
-                LayerMemory(
-                    layer=layer.layer,
-                    state_bytes_before=batch_size * layer.num_value_heads * layer.key_dim * layer.value_dim * state_size,
-                    state_bytes_after=batch_size
-                    * layer.num_kept_value_heads
-                    * layer.key_dim
-                    * layer.value_dim
-                    * state_size,
-                    conv_bytes_before=batch_size * conv_before * kernel * conv_size,
-                    conv_bytes_after=batch_size * conv_after * kernel * conv_size,
-                )
-            )
-        full_layers = len(info.get("full_attention_layers") or [])
-        kv_heads, head_dim = info.get("num_key_value_heads") or 0, info.get("head_dim") or 0
-        kv_bytes = full_layers * batch_size * 2 * kv_heads * head_dim * int(context_length) * kv_size
-        return PlanMemory(
-            context_length=int(context_length),
-            batch_size=int(batch_size),
-            state_dtype=_dtype_name(state_dtype),
-            conv_dtype=_dtype_name(conv_dtype),
-            kv_dtype=_dtype_name(kv_dtype),
-            layers=layers,
-            state_bytes_before=sum(m.state_bytes_before for m in layers),
-            state_bytes_after=sum(m.state_bytes_after for m in layers),
-            conv_bytes_before=sum(m.conv_bytes_before for m in layers),
-            conv_bytes_after=sum(m.conv_bytes_after for m in layers),
-            kv_cache_bytes=kv_bytes,
-        )
+        """State bytes before/after pruning, per linear layer and in total, plus the attention caches (the one
+        formula, `hf_rankprune.memory`)."""
+        return plan_memory(self, context_length, batch_size, state_dtype, kv_dtype, conv_dtype)
 
     def capacity(self, budget_bytes: int, context_length: int) -> list[dict[str, Any]]:
         """How many sequences of `context_length` tokens fit in `budget_bytes` of inference state (linear state +
@@ -772,27 +666,13 @@ class PrunePlan:
         return "\n".join(lines)
 
 
-def _as_adapter(model_or_adapter):
-    from .arch.base import LinearAttentionAdapter, get_adapter
-
-    if isinstance(model_or_adapter, LinearAttentionAdapter):
-        return model_or_adapter
-    return get_adapter(model_or_adapter)
-
-
-def _module_value_to_key(info) -> list[int] | None:
-    """The value->key map of a layer module when it is not the stock consecutive grouping (pruned modules)."""
-    buffer = getattr(info.module, "value_to_key", None)
-    if not isinstance(buffer, torch.Tensor) or buffer.device.type == "meta":
+def _non_consecutive(layer: LayerGeometry) -> list[int] | None:
+    """The layer's value->key map when it is not the stock consecutive grouping, else None."""
+    if layer.value_to_key is None:
         return None
-    mapping = [int(k) for k in buffer.tolist()]
-    if info.num_value_heads % info.num_key_heads == 0 and mapping == consecutive_value_to_key(
-        info.num_key_heads, info.num_value_heads
+    mapping = [int(k) for k in layer.value_to_key]
+    if layer.num_value_heads % layer.num_key_heads == 0 and mapping == consecutive_value_to_key(
+        layer.num_key_heads, layer.num_value_heads
     ):
         return None
     return mapping
-
-
-def _model_dtype(model) -> torch.dtype | None:
-    dtype = getattr(model, "dtype", None)
-    return dtype if isinstance(dtype, torch.dtype) else None

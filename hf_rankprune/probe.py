@@ -21,6 +21,7 @@ import torch
 
 from .arch import get_adapter
 from .config import RankPruneConfig
+from .memory import head_state_bytes
 from .scoring import plan_from_stats
 from .stats import RankStats
 from .surgery import apply_plan
@@ -54,7 +55,7 @@ def probe_head_count(adapter, config: RankPruneConfig) -> int:
         return config.num_heads
     if config.ratio is not None:
         return int(round(config.ratio * total))
-    head_bytes = [layer.key_dim * layer.value_dim * 4 for layer in adapter.linear_layers()]
+    head_bytes = head_state_bytes(adapter.linear_layers())
     before = sum(layer.num_value_heads * size for layer, size in zip(adapter.linear_layers(), head_bytes))
     return int(math.ceil((before - config.target_state_bytes) / max(head_bytes)))
 

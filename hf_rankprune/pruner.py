@@ -16,7 +16,7 @@ import torch
 from optimum.quantization_base import OptimumQuantizer
 
 from .arch import get_adapter
-from .arch.base import check_can_carry_ragged
+from .surgery import check_can_carry_ragged
 from .calibrate import calibrate
 from .config import RankPruneConfig
 from .loading import DEMO_MODEL_PATH, DTYPES, ModelLoadError, load_model_and_tokenizer, resolve_model_path

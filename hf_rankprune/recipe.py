@@ -448,7 +448,7 @@ def _model_types(model_or_config: Any) -> list[str]:
         candidates = [config, config.get("text_config") or {}]
         types = [c.get("model_type") for c in candidates]
     else:
-        from .arch.base import text_config
+        from .arch.registry import text_config
 
         types = [getattr(config, "model_type", None), getattr(text_config(config), "model_type", None)]
     out: list[str] = []

@@ -20,6 +20,7 @@ import numpy as np
 
 from .arch import LinearAttentionAdapter, get_adapter
 from .config import IMPORTANCE_SCORES, RankPruneConfig
+from .memory import head_state_bytes
 from .plan import PlanError, PrunePlan
 from .stats import NORM_METRIC_NAMES, RANK_METRIC_NAMES, RankStats, StatsError
 
@@ -143,7 +144,7 @@ def plan_from_scores(model_or_adapter, scores: list[np.ndarray], config: RankPru
             stacklevel=2,
         )
     priorities = _removal_priorities(scores, config)
-    state_bytes = [layer.key_dim * layer.value_dim * 4 for layer in layers]  # fp32 state per head and sequence
+    state_bytes = head_state_bytes(layers)  # fp32 state per head and sequence
     if config.budget == "uniform":
         removed = _allocate_uniform(layers, priorities, state_bytes, config)
     else:
@@ -199,7 +200,7 @@ def greedy_budget(model_or_adapter, config: RankPruneConfig):
     adapter = model_or_adapter if isinstance(model_or_adapter, LinearAttentionAdapter) else get_adapter(model_or_adapter)
     layers = adapter.linear_layers()
     _check_protected(layers, config)
-    state_bytes = [layer.key_dim * layer.value_dim * 4 for layer in layers]
+    state_bytes = head_state_bytes(layers)
     eligible = [p for p, layer in enumerate(layers) if layer.index not in config.protected_layers]
     caps = [0] * len(layers)
     for p in eligible:
@@ -407,7 +408,7 @@ def _uniform_choice(layers, config: RankPruneConfig) -> UniformChoice:
             f"A uniform budget cannot remove anything here while every layer keeps min_heads_per_layer="
             f"{config.min_heads_per_layer} heads. Use budget='global' or 'per_layer'."
         )
-    state_bytes = [layer.key_dim * layer.value_dim * 4 for layer in layers]
+    state_bytes = head_state_bytes(layers)
     requested = _requested_heads(layers, state_bytes, config)
     if requested is None:  # a byte target: the smallest removal that meets it
         before = sum(layer.num_value_heads * size for layer, size in zip(layers, state_bytes))

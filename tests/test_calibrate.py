@@ -11,7 +11,7 @@ import torch
 from accelerate import dispatch_model, infer_auto_device_map
 from conftest import build_tiny_model
 
-from hf_rankprune.arch import AdapterError, get_adapter, supported_model_types
+from hf_rankprune.arch import AdapterError, get_adapter, model_geometry, supported_model_types
 from hf_rankprune.calibrate import CalibrationError, NonFiniteStateError, calibrate, observe_states
 from hf_rankprune.config import RankPruneConfig
 from hf_rankprune.stats import METRICS, RankStats, StatsError, state_metrics
@@ -206,7 +206,7 @@ def test_calibrating_a_ragged_pruned_model_observes_its_true_states(family):
     from hf_rankprune.surgery import apply_plan
 
     model = build_tiny_model(family)
-    apply_plan(model, PrunePlan.from_removed_heads(model, {0: [1, 2, 3], 3: [0, 5]}))
+    apply_plan(model, PrunePlan.from_removed_heads(model_geometry(model), {0: [1, 2, 3], 3: [0, 5]}))
     ids = random_samples(1, 130).input_ids
     with torch.no_grad():
         reference = model(ids, use_cache=True)

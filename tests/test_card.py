@@ -11,6 +11,7 @@ from _pruning_reference import PLANS
 from conftest import build_tiny_model, build_tiny_tokenizer
 from huggingface_hub import ModelCard, ModelCardData
 
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.card import (
     BASE_MODEL_RELATION,
     ModelCardError,
@@ -33,7 +34,7 @@ RECIPE = "pruning_stage:\n  pruning_modifiers:\n    RankPruningModifier:\n      
 
 
 def _plan(family: str, kind: str) -> PrunePlan:
-    return PrunePlan.from_kept_heads(build_tiny_model(family), PLANS[kind], settings={"score": "joint", "alpha": 0.5,
+    return PrunePlan.from_kept_heads(model_geometry(build_tiny_model(family)), PLANS[kind], settings={"score": "joint", "alpha": 0.5,
                                      "direction": "saturated", "budget": "global", "ratio": 0.389})  # fmt: skip
 
 
@@ -107,8 +108,8 @@ def test_uniform_card_without_base_model_or_evaluation(tmp_path):
 
 def test_composed_plan_and_one_sided_evaluation():
     model = build_tiny_model("qwen3_5")
-    apply_plan(model, PrunePlan.from_kept_heads(model, PLANS["key_groups"], settings={"ratio": 0.5}))
-    second = PrunePlan.from_kept_heads(model, {3: [0, 1, 2, 3]}, settings={"ratio": 0.25})
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["key_groups"], settings={"ratio": 0.5}))
+    second = PrunePlan.from_kept_heads(model_geometry(model), {3: [0, 1, 2, 3]}, settings={"ratio": 0.25})
     composed = PrunePlan.from_config(model.config).compose(second)
     card = build_model_card(composed, evaluation={"pruned": {"passkey.accuracy": 1.0}})
     assert "several steps" in card.text and "Only the pruned model was evaluated." in card.text

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from transformers.models.qwen3_next import modeling_qwen3_next as qwen3_next
 
 from hf_rankprune import kernels
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.kernels import (
     chunk_gated_delta_rule,
     fused_recurrent_gated_delta_rule,
@@ -480,7 +481,7 @@ def test_triton_pruned_model_matches_torch_path(triton_kernels):
     from hf_rankprune.surgery import apply_plan
 
     model = build_tiny_model("qwen3_5")
-    apply_plan(model, PrunePlan.from_removed_heads(model, {0: [1, 2, 3], 3: [0, 5, 6]}))
+    apply_plan(model, PrunePlan.from_removed_heads(model_geometry(model), {0: [1, 2, 3], 3: [0, 5, 6]}))
     ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
 
     def run(backend):

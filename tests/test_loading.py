@@ -15,6 +15,7 @@ from _pruning_reference import PLANS
 from conftest import save_tiny_model
 from safetensors.torch import load_file, save_file
 
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.checkpoint import CheckpointError, read_safetensors_header
 from hf_rankprune.cli import main
 from hf_rankprune.loading import ModelLoadError, load_model_and_tokenizer
@@ -100,7 +101,7 @@ def test_broken_checkpoints_are_refused_by_every_command(case, source, tmp_path,
 
 def test_pruned_model_whose_plan_disagrees_with_its_weights_is_refused(source, tmp_path, capsys):
     model, tokenizer = load_model_and_tokenizer(str(source))
-    apply_plan(model, PrunePlan.from_kept_heads(model, PLANS["global"]))
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]))
     folder = save_pruned(model, tmp_path / "pruned", tokenizer)
 
     def drop_a_head(values):

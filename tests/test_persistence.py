@@ -18,6 +18,7 @@ from conftest import build_tiny_model
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import hf_rankprune.modeling  # noqa: F401  (registers the *_rankpruned model types)
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.plan import PlanError, PrunePlan
 from hf_rankprune.surgery import PLAN_FILE, apply_plan, save_pruned
 
@@ -43,7 +44,7 @@ def _logits(model) -> torch.Tensor:
 
 
 def _pruned(model, kind: str, dtype=torch.float32):
-    apply_plan(model, PrunePlan.from_kept_heads(model, PLANS[kind], settings={"kind": kind}))
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS[kind], settings={"kind": kind}))
     return model.to(dtype)
 
 

@@ -7,6 +7,7 @@ import torch
 from _pruning_reference import PLANS, UNIFORM
 from conftest import build_tiny_model
 
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.plan import LayerPlan, PlanError, PrunePlan
 
 
@@ -16,7 +17,7 @@ def model():
 
 
 def test_from_kept_heads_derives_keys_and_map(model):
-    plan = PrunePlan.from_kept_heads(model, {0: [5, 0, 3, 2], 3: [7]}, scores={0: [0.1] * 8}, settings={"a": 1})
+    plan = PrunePlan.from_kept_heads(model_geometry(model), {0: [5, 0, 3, 2], 3: [7]}, scores={0: [0.1] * 8}, settings={"a": 1})
     assert plan.model_type == "qwen3_next" and plan.layer_indices == [0, 1, 3]
     layer0 = plan.layer(0)
     assert layer0.kept_value_heads == [0, 2, 3, 5] and layer0.kept_key_heads == [0, 1]
@@ -27,25 +28,25 @@ def test_from_kept_heads_derives_keys_and_map(model):
     assert not plan.layer(1).is_pruned and plan.layer(1).kept_value_heads == list(range(8))
     assert plan.num_removed_value_heads == 11 and plan.removed_fraction == pytest.approx(11 / 24)
     assert plan.scores == {0: [0.1] * 8} and plan.settings == {"a": 1}
-    removed = PrunePlan.from_removed_heads(model, {0: [1, 4, 6, 7], 3: range(7)})
+    removed = PrunePlan.from_removed_heads(model_geometry(model), {0: [1, 4, 6, 7], 3: range(7)})
     assert removed.layers == plan.layers
 
 
 @pytest.mark.parametrize("kind", list(PLANS))
 def test_is_uniform(model, kind):
-    assert PrunePlan.from_kept_heads(model, PLANS[kind]).is_uniform == (kind in UNIFORM)
+    assert PrunePlan.from_kept_heads(model_geometry(model), PLANS[kind]).is_uniform == (kind in UNIFORM)
 
 
 def test_is_uniform_edge_cases(model):
-    assert PrunePlan.identity(model).is_uniform and PrunePlan.identity(model).is_identity
+    assert PrunePlan.identity(model_geometry(model)).is_uniform and PrunePlan.identity(model_geometry(model)).is_identity
     # same counts everywhere but unequal groups in one layer
-    assert not PrunePlan.from_kept_heads(model, {0: [0, 1, 2, 4], 1: [0, 1, 4, 5], 3: [0, 1, 4, 5]}).is_uniform
+    assert not PrunePlan.from_kept_heads(model_geometry(model), {0: [0, 1, 2, 4], 1: [0, 1, 4, 5], 3: [0, 1, 4, 5]}).is_uniform
     # only some layers pruned
-    assert not PrunePlan.from_kept_heads(model, {0: [0, 1, 4, 5]}).is_uniform
+    assert not PrunePlan.from_kept_heads(model_geometry(model), {0: [0, 1, 4, 5]}).is_uniform
 
 
 def test_json_round_trip(model, tmp_path):
-    plan = PrunePlan.from_kept_heads(model, PLANS["global"], scores={0: [float(i) for i in range(8)]}, settings={"x": [1]})
+    plan = PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"], scores={0: [float(i) for i in range(8)]}, settings={"x": [1]})
     path = tmp_path / "plan.json"
     plan.to_json_file(path)
     again = PrunePlan.from_json_file(path)
@@ -64,16 +65,16 @@ def test_json_round_trip(model, tmp_path):
 )
 def test_bad_kept_heads(model, kept, message):
     with pytest.raises(PlanError, match=message):
-        PrunePlan.from_kept_heads(model, kept)
+        PrunePlan.from_kept_heads(model_geometry(model), kept)
 
 
 def test_malformed_dicts_are_rejected(model):
-    values = PrunePlan.from_kept_heads(model, PLANS["global"]).to_dict()
+    values = PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]).to_dict()
     values["layers"][0]["kept_key_heads"] = [1]
     with pytest.raises(PlanError, match="kept key heads"):
         PrunePlan.from_dict(values)
     # the lists are the pruned layer's physical order: a reordering must keep each value head with its key head
-    values = PrunePlan.from_kept_heads(model, PLANS["global"]).to_dict()
+    values = PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]).to_dict()
     values["layers"][0]["kept_value_heads"] = [5, 0, 2, 3]
     with pytest.raises(PlanError, match="inconsistent with the kept heads"):
         PrunePlan.from_dict(values)
@@ -91,21 +92,21 @@ def test_malformed_dicts_are_rejected(model):
 
 def test_validate_for(model):
     other = build_tiny_model("qwen3_next", linear_num_value_heads=16)
-    plan = PrunePlan.from_kept_heads(other, {0: [0]})
+    plan = PrunePlan.from_kept_heads(model_geometry(other), {0: [0]})
     with pytest.raises(PlanError, match="plan made for another model: layer 0 has 8 value heads in the model, the plan "
                        "expects 16"):
-        plan.validate_for(model)
+        plan.validate_for(model_geometry(model))
     fewer = build_tiny_model("qwen3_next", layer_types=["linear_attention", "full_attention"] * 2)
     with pytest.raises(PlanError, match=r"its linear layers are \[0, 1, 3\], the model's are \[0, 2\]"):
-        PrunePlan.identity(model).validate_for(fewer)
+        PrunePlan.identity(model_geometry(model)).validate_for(model_geometry(fewer))
     wider = build_tiny_model("qwen3_next", linear_key_head_dim=32)
     with pytest.raises(PlanError, match="layer 0 has 32 key head dim in the model, the plan expects 16"):
-        PrunePlan.identity(model).validate_for(wider)
-    PrunePlan.from_kept_heads(model, PLANS["global"]).validate_for(model)
+        PrunePlan.identity(model_geometry(model)).validate_for(model_geometry(wider))
+    PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]).validate_for(model_geometry(model))
 
 
 def test_compose_expresses_second_plan_in_original_indices(model):
-    first = PrunePlan.from_kept_heads(model, PLANS["global"], scores={0: [float(i) for i in range(8)]}, settings={"s": 1})
+    first = PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"], scores={0: [float(i) for i in range(8)]}, settings={"s": 1})
     # indices of the model pruned by `first`: layer 0 keeps [0, 2, 3, 5] (keys 0, 1), layer 3 keeps [7] (key 1)
     second = PrunePlan(
         model_type=first.model_type,
@@ -125,14 +126,14 @@ def test_compose_expresses_second_plan_in_original_indices(model):
     # the second plan scores the 4 heads of its input model (original heads 0, 2, 3, 5)
     assert total.scores[0] == [10.0, 1.0, 11.0, 12.0, 4.0, 13.0, 6.0, 7.0]
     assert total.settings == {"steps": [{"s": 1}, {"s": 2}]}
-    total.validate_for(model)
+    total.validate_for(model_geometry(model))
     assert total.layer(0).num_value_heads == 8
     with pytest.raises(PlanError, match="cannot compose"):
-        first.compose(PrunePlan.identity(model))
+        first.compose(PrunePlan.identity(model_geometry(model)))
 
 
 def test_memory_accounting(model):
-    plan = PrunePlan.from_kept_heads(model, PLANS["global"])
+    plan = PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"])
     memory = plan.memory(context_length=1000, batch_size=2)
     per_head = 16 * 16 * 4 * 2  # K * V * fp32 * batch
     assert [m.state_bytes_before for m in memory.layers] == [8 * per_head] * 3
@@ -171,7 +172,7 @@ def test_paper_figure_on_real_head_shapes():
 def test_stock_layout_replicates_the_fewest_key_heads(model):
     """Equal counts, unequal groups: value heads regrouped by key head, key heads copied so every group has the
     greatest common size; the result is uniform (a stock config) and keeps the same heads."""
-    plan = PrunePlan.from_kept_heads(model, PLANS["equal_counts"])
+    plan = PrunePlan.from_kept_heads(model_geometry(model), PLANS["equal_counts"])
     assert not plan.is_uniform
     stock = plan.to_stock_layout()
     assert stock.is_uniform and stock.settings["layout"] == "stock"
@@ -183,9 +184,9 @@ def test_stock_layout_replicates_the_fewest_key_heads(model):
     memory = stock.memory()
     assert memory.state_bytes_after == plan.memory().state_bytes_after
     assert memory.conv_bytes_after > plan.memory().conv_bytes_after  # the replicas' q/k conv channels
-    odd = PrunePlan.from_kept_heads(model, PLANS["equal_counts_odd"]).to_stock_layout()
+    odd = PrunePlan.from_kept_heads(model_geometry(model), PLANS["equal_counts_odd"]).to_stock_layout()
     assert all(layer.value_to_key == [0, 1, 2] for layer in odd.layers)  # groups of 1 and 2 -> groups of 1
     assert odd.layer(1).kept_key_heads == [0, 1, 1]
     with pytest.raises(PlanError, match="same number of value heads in every linear layer"):
-        PrunePlan.from_kept_heads(model, PLANS["global"]).to_stock_layout()
+        PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]).to_stock_layout()
     assert PrunePlan.from_dict(stock.to_dict()).to_dict() == stock.to_dict()

@@ -9,6 +9,7 @@ from optimum.quantization_base import OptimumQuantizer
 from transformers import AutoModelForCausalLM
 
 import hf_rankprune  # noqa: F401  (registers the pruned model types)
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.cli import main
 from hf_rankprune.config import RankPruneConfig
 from hf_rankprune.plan import PlanError, PrunePlan
@@ -144,7 +145,7 @@ def test_a_model_that_cannot_carry_a_ragged_plan_is_refused_before_any_work():
         with pytest.raises(PlanError, match="cannot carry a ragged"):
             RankPruner.from_pretrained(model, tokenizer=build_tiny_tokenizer(), budget=budget, **SMALL)
     with pytest.raises(PlanError, match="cannot carry a ragged"):
-        apply_plan(model, PrunePlan.from_kept_heads(model, {0: [0, 1, 2], 1: [3, 4, 5, 6, 7]}))
+        apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), {0: [0, 1, 2], 1: [3, 4, 5, 6, 7]}))
     after = model.state_dict()
     assert type(model) is MyQwen and before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)

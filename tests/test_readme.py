@@ -10,6 +10,7 @@ import pytest
 from _pruning_reference import PLANS
 from conftest import build_tiny_model
 
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.plan import PrunePlan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def _run_demo_module():
 
 def _demo_like_run():
     model = build_tiny_model("qwen3_5")
-    plan = PrunePlan.from_kept_heads(model, PLANS["global"], settings={
+    plan = PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"], settings={
         "alpha": 0.5, "budget": "global", "ratio": 0.389, "removed_value_heads": 12, "total_value_heads": 24})  # fmt: skip
     analysis = {
         "num_samples": 16, "seq_len": 512,

@@ -21,6 +21,7 @@ from _pruning_reference import PLANS, greedy, zeroed_reference
 from conftest import save_tiny_model
 from transformers import AutoConfig
 
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.checkpoint import SavedCheckpointError, load_report
 from hf_rankprune.loading import load_model_and_tokenizer
 from hf_rankprune.plan import PrunePlan
@@ -56,7 +57,7 @@ def matrix(tmp_path_factory):
         for kind, (plan_name, stock) in KINDS.items():
             kept = PLANS[plan_name]
             model, tokenizer = load_model_and_tokenizer(str(source))
-            plan = PrunePlan.from_kept_heads(model, kept, settings={"kind": kind})
+            plan = PrunePlan.from_kept_heads(model_geometry(model), kept, settings={"kind": kind})
             apply_plan(model, plan.to_stock_layout() if stock else plan)
             folder = save_pruned(model, root / f"{form}-{kind}", tokenizer)
             reference = zeroed_reference(original, kept)
@@ -207,7 +208,7 @@ def test_save_self_check_refuses_a_checkpoint_that_would_not_reload(tmp_path, mo
     monkeypatch.setitem(conversion_mapping._checkpoint_conversion_mapping_cache, "qwen3_next_rankpruned", [])
     source = save_tiny_model("qwen3_next", tmp_path / "source")
     model, tokenizer = load_model_and_tokenizer(str(source))
-    apply_plan(model, PrunePlan.from_kept_heads(model, PLANS["global"]))
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]))
     with pytest.raises(SavedCheckpointError, match="experts"):
         save_pruned(model, tmp_path / "out", tokenizer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]

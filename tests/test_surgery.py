@@ -9,7 +9,7 @@ import torch
 from _pruning_reference import PLANS, UNIFORM, assert_same_outputs, zeroed_reference
 from conftest import build_tiny_model
 
-from hf_rankprune.arch import get_adapter
+from hf_rankprune.arch import get_adapter, model_geometry
 from hf_rankprune.modeling import RankPrunedGatedDeltaNet
 from hf_rankprune.plan import PlanError, PrunePlan
 from hf_rankprune.surgery import apply_plan, model_plan
@@ -23,7 +23,7 @@ def test_pruned_model_equals_zeroed_reference(family, kind):
     stock_class = type(model)
     kept = PLANS[kind]
     reference = zeroed_reference(model, kept)
-    plan = PrunePlan.from_kept_heads(model, kept, settings={"kind": kind})
+    plan = PrunePlan.from_kept_heads(model_geometry(model), kept, settings={"kind": kind})
     assert plan.is_uniform == (kind in UNIFORM)
     returned = apply_plan(model, plan)
     assert returned is model  # pruned in place and returned, as transformers / peft transforms do
@@ -70,9 +70,9 @@ def test_pruning_twice_composes(first_kind, second):
     family = "qwen3_5"
     model = build_tiny_model(family)
     original = copy.deepcopy(model)
-    first = PrunePlan.from_kept_heads(model, PLANS[first_kind])
+    first = PrunePlan.from_kept_heads(model_geometry(model), PLANS[first_kind])
     apply_plan(model, first)
-    plan2 = PrunePlan.from_kept_heads(model, second)
+    plan2 = PrunePlan.from_kept_heads(model_geometry(model), second)
     assert apply_plan(model, plan2) is model
     total = model_plan(model)
     assert model_plan(model).to_dict() == total.to_dict()
@@ -88,13 +88,13 @@ def test_pruning_twice_composes(first_kind, second):
 def test_plan_for_another_model_is_refused():
     model = build_tiny_model("qwen3_next")
     other = build_tiny_model("qwen3_next", linear_num_value_heads=16)
-    plan = PrunePlan.from_kept_heads(other, {0: [0, 1]})
+    plan = PrunePlan.from_kept_heads(model_geometry(other), {0: [0, 1]})
     with pytest.raises(PlanError, match="layer 0 has 8 value heads in the model, the plan expects 16"):
         apply_plan(model, plan)
     pruned = build_tiny_model("qwen3_next")
-    apply_plan(pruned, PrunePlan.from_kept_heads(pruned, PLANS["global"]))
+    apply_plan(pruned, PrunePlan.from_kept_heads(model_geometry(pruned), PLANS["global"]))
     with pytest.raises(PlanError, match="plan made for another model"):
-        apply_plan(pruned, PrunePlan.from_kept_heads(model, PLANS["global"]))
+        apply_plan(pruned, PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]))
 
 
 @pytest.mark.parametrize("mode", ["cpu_offload", "disk_offload"])
@@ -119,7 +119,7 @@ def test_surgery_on_accelerate_dispatched_model(family, mode, tmp_path):
         }
         model = accelerate.dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
     assert model.model.layers[0].linear_attn.A_log.device.type == "meta"
-    apply_plan(model, PrunePlan.from_kept_heads(model, PLANS["global"]))
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]))
     attn = model.model.layers[0].linear_attn
     assert isinstance(attn, RankPrunedGatedDeltaNet)
     assert hasattr(attn, "_hf_hook") and hasattr(attn.in_proj_qkv, "_hf_hook")

@@ -5,35 +5,28 @@ from __future__ import annotations
 import torch
 from transformers.models.qwen3_next import modeling_qwen3_next
 
-from .base import AdapterError, LinearAttentionAdapter, _pruned_layer_class, register_adapter
+from .gated_deltanet import GatedDeltaNetAdapter, check_consecutive_groups, split_conv
+from .registry import register_adapter
 
 
 @register_adapter
-class Qwen3NextAdapter(LinearAttentionAdapter):
-    family = "qwen3_next"
-    model_types = ("qwen3_next", "qwen3_next_rankpruned")
+class Qwen3NextAdapter(GatedDeltaNetAdapter):
+    model_types = ("qwen3_next",)
+    ragged_model_classes = (modeling_qwen3_next.Qwen3NextForCausalLM,)
+    modeling_modules = (modeling_qwen3_next,)
 
-    def layer_classes(self):
-        return (modeling_qwen3_next.Qwen3NextGatedDeltaNet, _pruned_layer_class())
+    def stock_layer_classes(self):
+        return (modeling_qwen3_next.Qwen3NextGatedDeltaNet,)
 
-    def chunk_kernel_sites(self):
-        return [(modeling_qwen3_next, "torch_chunk_gated_delta_rule")]
-
-    # -- surgery: in_proj_qkvz is interleaved per key head as [q dk | k dk | v r*dv | z r*dv], in_proj_ba as
-    # [b r | a r]; conv1d channels are [q all | k all | v all] -------------------------------------------------
-    def _stock_layer_class(self):
-        return modeling_qwen3_next.Qwen3NextGatedDeltaNet
-
-    def _stock_weights(self, module, tensors):
+    # in_proj_qkvz is interleaved per key head as [q dk | k dk | v r*dv | z r*dv], in_proj_ba as [b r | a r];
+    # conv1d channels are [q all | k all | v all]
+    def stock_canonical_weights(self, module, tensors):
         nk, nv, dk, dv = module.num_k_heads, module.num_v_heads, module.head_k_dim, module.head_v_dim
         ratio = nv // nk
         qkvz = tensors["in_proj_qkvz.weight"]
         hidden = qkvz.shape[-1]
         q, k, v, z = torch.split(qkvz.reshape(nk, 2 * dk + 2 * ratio * dv, hidden), [dk, dk, ratio * dv, ratio * dv], 1)
         b, a = torch.split(tensors["in_proj_ba.weight"].reshape(nk, 2 * ratio, hidden), [ratio, ratio], 1)
-        conv = tensors["conv1d.weight"]
-        kernel = conv.shape[-1]
-        conv_q, conv_k, conv_v = torch.split(conv, [nk * dk, nk * dk, nv * dv])
         return {
             "q": q,
             "k": k,
@@ -41,9 +34,7 @@ class Qwen3NextAdapter(LinearAttentionAdapter):
             "z": z.reshape(nv, dv, hidden),
             "b": b.reshape(nv, hidden),
             "a": a.reshape(nv, hidden),
-            "conv_q": conv_q.reshape(nk, dk, 1, kernel),
-            "conv_k": conv_k.reshape(nk, dk, 1, kernel),
-            "conv_v": conv_v.reshape(nv, dv, 1, kernel),
+            **split_conv(tensors["conv1d.weight"], nk, nv, dk, dv),
             "A_log": tensors["A_log"],
             "dt_bias": tensors["dt_bias"],
             "norm": tensors["norm.weight"],
@@ -51,12 +42,11 @@ class Qwen3NextAdapter(LinearAttentionAdapter):
             "value_to_key": torch.arange(nv) // ratio,
         }
 
-    def _stock_state(self, weights):
+    def stock_state(self, weights):
+        check_consecutive_groups(weights, "Qwen3NextGatedDeltaNet")
         nk, dk, hidden = weights["q"].shape
         nv, dv, _ = weights["v"].shape
         ratio = nv // nk
-        if nv % nk or weights["value_to_key"].tolist() != (torch.arange(nv) // ratio).tolist():
-            raise AdapterError("a stock Qwen3-Next layer needs equal consecutive key groups; use a ragged layer.")
         qkvz = torch.cat(
             [
                 weights["q"],

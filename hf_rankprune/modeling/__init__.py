@@ -1,91 +1,69 @@
-"""Model classes of ragged-pruned checkpoints, registered with transformers' Auto classes at import.
+"""Model classes of ragged-pruned checkpoints, made from the stock classes their family's adapter names.
 
-`import hf_rankprune.modeling` (done by `import hf_rankprune`) makes `AutoConfig` and the model's own Auto class
-(`AutoModelForCausalLM`, or `AutoModelForImageTextToText` for vision-language checkpoints) load checkpoints whose
-`model_type` is `<stock model_type>_rankpruned`. `remote_code_files()` lists the self-contained files copied next to
-such checkpoints for `trust_remote_code=True` loading without hf_rankprune.
+The adapters' registry (`hf_rankprune.arch.registry`) makes each ragged config/model pair with the factories here
+and registers it with transformers' Auto classes at import, so `AutoModelForCausalLM.from_pretrained` (or
+`AutoModelForImageTextToText` for vision-language checkpoints) loads checkpoints whose `model_type` is
+`<stock model_type>_rankpruned`. `write_remote_code` puts the self-contained code next to such a checkpoint, for
+`trust_remote_code=True` loading without hf_rankprune.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-from .configuration_rankpruned import (
-    Qwen3_5MoeRankPrunedConfig,
-    Qwen3_5MoeTextRankPrunedConfig,
-    Qwen3_5RankPrunedConfig,
-    Qwen3_5TextRankPrunedConfig,
-    Qwen3NextRankPrunedConfig,
-)
+from .configuration_rankpruned import RANKPRUNED_SUFFIX, rankpruned_config_class
 from .modeling_rankpruned import (
-    Qwen3_5MoeRankPrunedForConditionalGeneration,
-    Qwen3_5MoeTextRankPrunedForCausalLM,
-    Qwen3_5RankPrunedForConditionalGeneration,
-    Qwen3_5TextRankPrunedForCausalLM,
-    Qwen3NextRankPrunedForCausalLM,
+    LAYER_OPTIONS_KEY,
+    PLAN_CONFIG_KEY,
     RankPrunedGatedDeltaNet,
     RankPrunedRMSNormGated,
+    build_pruned_layers,
+    rankpruned_model_class,
+    register_conversion_mapping,
 )
 
 __all__ = [
-    "PRUNED_CLASSES",
-    "Qwen3NextRankPrunedConfig",
-    "Qwen3NextRankPrunedForCausalLM",
-    "Qwen3_5MoeRankPrunedConfig",
-    "Qwen3_5MoeRankPrunedForConditionalGeneration",
-    "Qwen3_5MoeTextRankPrunedConfig",
-    "Qwen3_5MoeTextRankPrunedForCausalLM",
-    "Qwen3_5RankPrunedConfig",
-    "Qwen3_5RankPrunedForConditionalGeneration",
-    "Qwen3_5TextRankPrunedConfig",
-    "Qwen3_5TextRankPrunedForCausalLM",
+    "LAYER_OPTIONS_KEY",
+    "PLAN_CONFIG_KEY",
+    "RANKPRUNED_SUFFIX",
     "RankPrunedGatedDeltaNet",
     "RankPrunedRMSNormGated",
-    "remote_code_files",
+    "build_pruned_layers",
+    "rankpruned_config_class",
+    "rankpruned_model_class",
+    "register_conversion_mapping",
+    "write_remote_code",
 ]
 
-_PRUNED_MODEL_CLASSES = (
-    Qwen3NextRankPrunedForCausalLM,
-    Qwen3_5TextRankPrunedForCausalLM,
-    Qwen3_5MoeTextRankPrunedForCausalLM,
-    Qwen3_5RankPrunedForConditionalGeneration,
-    Qwen3_5MoeRankPrunedForConditionalGeneration,
-)
-# stock model class -> (its ragged-pruned config class, model class); each pruned class derives from its stock one
-PRUNED_CLASSES = {cls.__mro__[1]: (cls.config_class, cls) for cls in _PRUNED_MODEL_CLASSES}
-
 _HERE = Path(__file__).resolve().parent
+KERNEL_FILE = "rankprune_gated_delta_rule_naive.py"
 
 
-def _auto_class_name(model_class: type) -> str:
-    """The Auto class to register `model_class` with (vision-language models keep theirs)."""
-    if model_class.__name__.endswith("ForConditionalGeneration"):
-        return "AutoModelForImageTextToText"
-    return "AutoModelForCausalLM"
-
-
-def remote_code_files() -> dict[str, Path]:
-    """{file name in a checkpoint folder: source file} of the code `trust_remote_code=True` loads."""
+def write_remote_code(folder: Path, model_class: type) -> dict[str, str]:
+    """Write the code `trust_remote_code=True` loads `model_class` (a ragged-pruned class) with into `folder`: the
+    generic files, each ending with the lines that define this checkpoint's classes. Returns the `auto_map` entries
+    of the config and the model (the model's Auto class is the caller's to name)."""
+    config_class = model_class.config_class
+    stock_config, stock_model = config_class.__mro__[1], model_class.__mro__[1]
+    layer_class, layer_attribute = model_class.ragged_layer_class, model_class.ragged_layer_attribute
+    config_tail = (
+        f"\n\n# the config class of this checkpoint\n"
+        f"from {stock_config.__module__} import {stock_config.__name__}  # noqa: E402\n\n"
+        f"{config_class.__name__} = rankpruned_config_class({stock_config.__name__})\n"
+    )
+    model_tail = (
+        f"\n\n# the model class of this checkpoint\n"
+        f"from {stock_model.__module__} import {stock_model.__name__}  # noqa: E402\n\n"
+        f"from .configuration_rankpruned import {config_class.__name__}  # noqa: E402\n\n"
+        f"{model_class.__name__} = rankpruned_model_class(\n"
+        f"    {stock_model.__name__}, {config_class.__name__}, {layer_attribute!r}, {layer_class.__name__}\n)\n"
+        f"register_conversion_mapping({config_class.__name__})\n"
+    )
+    for name, tail in (("configuration_rankpruned.py", config_tail), ("modeling_rankpruned.py", model_tail)):
+        (folder / name).write_text((_HERE / name).read_text(encoding="utf-8") + tail, encoding="utf-8")
+    shutil.copyfile(_HERE.parent / "kernels" / "gated_delta_rule" / "naive.py", folder / KERNEL_FILE)
     return {
-        "configuration_rankpruned.py": _HERE / "configuration_rankpruned.py",
-        "modeling_rankpruned.py": _HERE / "modeling_rankpruned.py",
-        "rankprune_gated_delta_rule_naive.py": _HERE.parent / "kernels" / "gated_delta_rule" / "naive.py",
+        "AutoConfig": f"configuration_rankpruned.{config_class.__name__}",
+        "model": f"modeling_rankpruned.{model_class.__name__}",
     }
-
-
-def _register() -> None:
-    auto_classes = {
-        "AutoModelForCausalLM": AutoModelForCausalLM,
-        "AutoModelForImageTextToText": AutoModelForImageTextToText,
-    }
-    for config_class, model_class in PRUNED_CLASSES.values():
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        try:
-            auto_classes[_auto_class_name(model_class)].register(config_class, model_class)
-        except ValueError:  # already registered (module reloaded)
-            pass
-
-
-_register()

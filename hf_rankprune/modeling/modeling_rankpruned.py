@@ -3,15 +3,19 @@
 `RankPrunedGatedDeltaNet` is a gated-delta-rule layer with its own head counts and an explicit value->key head map
 (so key groups may have unequal sizes); its forward reproduces the stock Qwen3-Next / Qwen3.5 forward (conv, gates,
 gated norm, cache handling) and calls hf_rankprune's kernel dispatch with the map. Its weights use the contiguous
-Qwen3.5 layout (`in_proj_qkv [q all | k all | v all]`, `in_proj_z`, `in_proj_b`, `in_proj_a`) for every family.
+Qwen3.5 layout (`in_proj_qkv [q all | k all | v all]`, `in_proj_z`, `in_proj_b`, `in_proj_a`) for every
+gated-delta-rule family; what the families differ in inside a layer (gate activation, beta scale, norm eps) comes
+from the config (`rankprune_layer_options`, written by the family's adapter).
 
-The `*RankPruned*` model classes are the stock CausalLMs (and vision-language models) whose pruned linear layers are
-rebuilt from the language model's `rankprune_plan` at construction, so `from_pretrained` loads pruned checkpoints.
-Their model types read checkpoints through the stock type's checkpoint conversion (`register_conversion_mappings`).
+`rankpruned_model_class` makes the ragged counterpart of a stock CausalLM (or vision-language model): its pruned linear
+layers are rebuilt from the language model's `rankprune_plan` at construction, so `from_pretrained` loads pruned
+checkpoints. Their model types read checkpoints through the stock type's checkpoint conversion
+(`register_conversion_mapping`). The adapters declare which stock classes get one (`hf_rankprune.arch.registry`).
 
 Self-contained (imports torch, transformers and its sibling files only): this file is copied next to pruned
-checkpoints for `trust_remote_code=True` users who do not have hf_rankprune installed; the kernels then come from the
-copied torch reference (`rankprune_gated_delta_rule_naive.py`).
+checkpoints for `trust_remote_code=True` users who do not have hf_rankprune installed, with lines at its end that
+define the checkpoint's classes; the kernels then come from the copied torch reference
+(`rankprune_gated_delta_rule_naive.py`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    Qwen3_5ForCausalLM,
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5MoeForCausalLM,
-    Qwen3_5MoeForConditionalGeneration,
-    Qwen3NextForCausalLM,
-)
 from transformers.activations import ACT2FN
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.integrations.accelerate import force_accelerate_hooks
@@ -35,14 +32,7 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (
     causal_conv1d_update,
 )
 
-from .configuration_rankpruned import (
-    RANKPRUNED_SUFFIX,
-    Qwen3_5MoeRankPrunedConfig,
-    Qwen3_5MoeTextRankPrunedConfig,
-    Qwen3_5RankPrunedConfig,
-    Qwen3_5TextRankPrunedConfig,
-    Qwen3NextRankPrunedConfig,
-)
+from .configuration_rankpruned import RANKPRUNED_SUFFIX
 
 try:
     from hf_rankprune.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
@@ -51,23 +41,40 @@ except ImportError:  # copied next to a checkpoint and loaded with trust_remote_
     from .rankprune_gated_delta_rule_naive import naive_recurrent_gated_delta_rule as fused_recurrent_gated_delta_rule
 
 PLAN_CONFIG_KEY = "rankprune_plan"
+LAYER_OPTIONS_KEY = "rankprune_layer_options"
+# what the gated-delta-rule families differ in, inside a layer (defaults: Qwen3-Next / Qwen3.5); the family's adapter
+# writes its values into the language model's config when it builds ragged layers (`ragged_layer_options`)
+DEFAULT_LAYER_OPTIONS = {"gate_activation": "silu", "beta_scale": 1.0, "norm_eps": None, "norm_weight_in_fp32": False}
+
+
+def layer_options(config) -> dict:
+    """The ragged layer options recorded in `config` over the defaults (`norm_eps` None: `config.rms_norm_eps`)."""
+    options = {**DEFAULT_LAYER_OPTIONS, **(getattr(config, LAYER_OPTIONS_KEY, None) or {})}
+    if options["norm_eps"] is None:
+        options["norm_eps"] = config.rms_norm_eps
+    return options
 
 
 class RankPrunedRMSNormGated(nn.Module):
-    """Gated RMSNorm over one value head (the stock Qwen3-Next / Qwen3.5 `RMSNormGated`)."""
+    """Gated RMSNorm over one value head (the stock gated-delta-rule `RMSNormGated`: the gate's activation and
+    whether the weight multiplies in fp32 vary by family)."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+    def __init__(self, hidden_size: int, eps: float = 1e-6, activation: str = "silu", weight_in_fp32: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
-        self.activation = "silu"
+        self.activation = activation
+        self.weight_in_fp32 = weight_in_fp32
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.to(torch.float32)
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
         hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        hidden_states = self.weight * hidden_states.to(input_dtype)
+        if self.weight_in_fp32:
+            hidden_states = self.weight.float() * hidden_states
+        else:
+            hidden_states = self.weight * hidden_states.to(input_dtype)
         hidden_states = hidden_states * ACT2FN[self.activation](gate.to(torch.float32))
         return hidden_states.to(input_dtype)
 
@@ -88,7 +95,9 @@ class RankPrunedGatedDeltaNet(nn.Module):
         self.conv_kernel_size = config.linear_conv_kernel_dim
         self.layer_idx = layer_idx
         self.activation = config.hidden_act
-        self.layer_norm_epsilon = config.rms_norm_eps
+        options = layer_options(config)
+        self.layer_norm_epsilon = options["norm_eps"]
+        self.beta_scale = float(options["beta_scale"])
         self.layer_type = "linear_attention"
 
         self.conv_dim = self.key_dim * 2 + self.value_dim
@@ -102,7 +111,12 @@ class RankPrunedGatedDeltaNet(nn.Module):
         )
         self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))
         self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
-        self.norm = RankPrunedRMSNormGated(self.head_v_dim, eps=self.layer_norm_epsilon)
+        self.norm = RankPrunedRMSNormGated(
+            self.head_v_dim,
+            eps=self.layer_norm_epsilon,
+            activation=options["gate_activation"],
+            weight_in_fp32=bool(options["norm_weight_in_fp32"]),
+        )
         self.out_proj = nn.Linear(self.value_dim, self.hidden_size, bias=False)
         self.in_proj_qkv = nn.Linear(self.hidden_size, self.key_dim * 2 + self.value_dim, bias=False)
         self.in_proj_z = nn.Linear(self.hidden_size, self.value_dim, bias=False)
@@ -157,6 +171,8 @@ class RankPrunedGatedDeltaNet(nn.Module):
         value = value.reshape(batch_size, seq_len, -1, self.head_v_dim)
 
         beta = b.sigmoid()
+        if self.beta_scale != 1.0:
+            beta = beta * self.beta_scale
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
         value_to_key = self.value_to_key.to(query.device)
         kernel = (
@@ -197,86 +213,57 @@ def pruned_layer_specs(config) -> dict[int, tuple[int, int, list[int]]]:
     return specs
 
 
-def build_pruned_layers(decoder_layers: nn.ModuleList, text_config) -> None:
-    """Replace each linear layer that `text_config.rankprune_plan` prunes by a `RankPrunedGatedDeltaNet` of its
-    shape."""
+def build_pruned_layers(model: nn.Module, layer_attribute: str, layer_class: type[nn.Module]) -> None:
+    """Replace each linear layer that the language model's `rankprune_plan` prunes (the `layer_attribute` of its
+    decoder layer) by a `layer_class` of its shape."""
+    text_config = model.config.get_text_config()
     specs = pruned_layer_specs(text_config)
-    for index, decoder_layer in enumerate(decoder_layers):
+    for index, decoder_layer in enumerate(model.get_decoder().layers):
         if index in specs:
             num_key_heads, num_value_heads, value_to_key = specs[index]
-            old = decoder_layer.linear_attn
-            decoder_layer.linear_attn = RankPrunedGatedDeltaNet(
-                text_config, index, num_key_heads, num_value_heads, value_to_key
-            ).to(device=old.out_proj.weight.device, dtype=old.out_proj.weight.dtype)
+            old = getattr(decoder_layer, layer_attribute)
+            reference = next(old.parameters())
+            new = layer_class(text_config, index, num_key_heads, num_value_heads, value_to_key)
+            setattr(decoder_layer, layer_attribute, new.to(device=reference.device, dtype=reference.dtype))
 
 
-class Qwen3NextRankPrunedForCausalLM(Qwen3NextForCausalLM):
-    config_class = Qwen3NextRankPrunedConfig
-    config: Qwen3NextRankPrunedConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        build_pruned_layers(self.model.layers, config)
-
-
-class Qwen3_5TextRankPrunedForCausalLM(Qwen3_5ForCausalLM):
-    config_class = Qwen3_5TextRankPrunedConfig
-    config: Qwen3_5TextRankPrunedConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        build_pruned_layers(self.model.layers, config)
-
-
-class Qwen3_5MoeTextRankPrunedForCausalLM(Qwen3_5MoeForCausalLM):
-    config_class = Qwen3_5MoeTextRankPrunedConfig
-    config: Qwen3_5MoeTextRankPrunedConfig
+def rankpruned_model_class(
+    stock_model_class: type,
+    config_class: type,
+    layer_attribute: str = "linear_attn",
+    layer_class: type[nn.Module] = RankPrunedGatedDeltaNet,
+) -> type:
+    """The ragged-pruned model class of `stock_model_class` (e.g. `Qwen3_5ForCausalLM` with config
+    `Qwen3_5TextRankPrunedConfig` -> `Qwen3_5TextRankPrunedForCausalLM`): the stock model whose pruned linear layers
+    are rebuilt from the plan at construction, so `from_pretrained` loads pruned checkpoints."""
+    stock_name = stock_model_class.__name__
+    name = config_class.__name__.removesuffix("Config") + stock_name[stock_name.index("For") :]
 
     def __init__(self, config):
-        super().__init__(config)
-        build_pruned_layers(self.model.layers, config)
+        stock_model_class.__init__(self, config)
+        build_pruned_layers(self, layer_attribute, layer_class)
+
+    namespace = {
+        "__init__": __init__,
+        "__module__": __name__,
+        "__doc__": f"`{stock_name}` with the ragged-pruned linear layers of its `rankprune_plan`.",
+        "config_class": config_class,
+        "ragged_layer_attribute": layer_attribute,
+        "ragged_layer_class": layer_class,
+        "__annotations__": {"config": config_class},
+    }
+    return type(name, (stock_model_class,), namespace)
 
 
-class Qwen3_5RankPrunedForConditionalGeneration(Qwen3_5ForConditionalGeneration):
-    config_class = Qwen3_5RankPrunedConfig
-    config: Qwen3_5RankPrunedConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        build_pruned_layers(self.model.language_model.layers, config.text_config)
-
-
-class Qwen3_5MoeRankPrunedForConditionalGeneration(Qwen3_5MoeForConditionalGeneration):
-    config_class = Qwen3_5MoeRankPrunedConfig
-    config: Qwen3_5MoeRankPrunedConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        build_pruned_layers(self.model.language_model.layers, config.text_config)
-
-
-RANKPRUNED_CONFIGS = (
-    Qwen3NextRankPrunedConfig,
-    Qwen3_5TextRankPrunedConfig,
-    Qwen3_5MoeTextRankPrunedConfig,
-    Qwen3_5RankPrunedConfig,
-    Qwen3_5MoeRankPrunedConfig,
-)
-
-
-def register_conversion_mappings() -> None:
-    """Give every `*_rankpruned` model type its stock type's checkpoint conversion.
+def register_conversion_mapping(config_class: type) -> None:
+    """Give a `*_rankpruned` model type its stock type's checkpoint conversion.
 
     `save_pretrained` writes weights in the stock checkpoint form (per-expert MoE keys, the stock key prefixes), so a
     pruned checkpoint has the same layout as the original and as stock (uniform) pruned checkpoints, which serving
     engines and other tools read. Loading must then apply the same conversion as the stock type (fuse the experts);
     transformers looks it up by model type, and skips custom code unless the type was registered by the user, so
-    this runs at import of this file: in the package and in `trust_remote_code=True` copies alike.
+    this runs where the class is defined: in the package and in `trust_remote_code=True` copies alike.
     """
-    for config_class in RANKPRUNED_CONFIGS:
-        stock_mapping = get_checkpoint_conversion_mapping(config_class.model_type.removesuffix(RANKPRUNED_SUFFIX))
-        if stock_mapping:
-            register_checkpoint_conversion_mapping(config_class.model_type, stock_mapping, overwrite=True)
-
-
-register_conversion_mappings()
+    stock_mapping = get_checkpoint_conversion_mapping(config_class.model_type.removesuffix(RANKPRUNED_SUFFIX))
+    if stock_mapping:
+        register_checkpoint_conversion_mapping(config_class.model_type, stock_mapping, overwrite=True)
