@@ -61,6 +61,19 @@ class PlanError(RankPruneError, ValueError):
     """A plan is inconsistent, or does not fit the model it is applied to."""
 
 
+class EvaluationError(RankPruneError, ValueError):
+    """An evaluation task is unknown or cannot run, or one of its options has a value it does not take.
+
+    `option` and `reason` (when the fault is one option's) let the CLI and recipes name the option their own way
+    (`--num-keys`, `evaluation.num_keys`).
+    """
+
+    def __init__(self, message: str, option: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.reason = reason
+
+
 class ModelCardError(RankPruneError, ValueError):
     """The inputs of a model card are malformed (evaluation results, template)."""
 

@@ -12,9 +12,11 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from hf_rankprune.evaluation import KNOWN_TASKS, evaluate_model, load_metric
+from hf_rankprune.errors import EvaluationError
+from hf_rankprune.evaluation import KNOWN_TASKS, evaluate_model, load_metric, register_task, registered_tasks
 from hf_rankprune.evaluation import passkey as pk
 from hf_rankprune.evaluation.api import greedy_generate, memory_layers, token_log_probs
+from hf_rankprune.evaluation.tasks import check_options, get_tasks, option_defaults, task_names
 
 DEMO = Path(__file__).resolve().parents[1] / "hf_rankprune" / "assets" / "demo_model"
 
@@ -260,6 +262,70 @@ def test_errors_are_raised_before_any_work():
         evaluate_model(model, tok, tasks=("perplexity",), window=4096, texts=["abc"])
     with pytest.raises(ValueError, match="tokenizer"):
         evaluate_model(model, None, tasks=("passkey",), lengths=(512,))
+
+
+def test_unknown_options_and_bad_values_name_the_option():
+    model, tok = ExplodingModel(torch.full((8,), 1 / 8), max_positions=1024), CharTokenizer(8)
+    with pytest.raises(EvaluationError, match="num_key=3 is not allowed: no task takes it") as error:
+        evaluate_model(model, tok, tasks=("passkey",), num_key=3)
+    assert error.value.option == "num_key"
+    with pytest.raises(EvaluationError) as error:
+        evaluate_model(model, tok, tasks=("speed",), speed_runs=0)
+    assert (error.value.option, error.value.reason) == ("speed_runs", "give an integer >= 1")
+    # only the chosen tasks check their options against the model: memory takes any context length
+    check_options({"lengths": (10**6,)}, get_tasks("memory"), max_positions=1024)
+    with pytest.raises(EvaluationError, match="max_position_embeddings=1024"):
+        check_options({"lengths": (10**6,)}, get_tasks(["memory", "passkey"]), max_positions=1024)
+
+
+# ---------------------------------------------------------------------------------------- task registry
+def test_registry_is_the_one_list_of_tasks():
+    tasks = registered_tasks()
+    assert tuple(tasks) == task_names() == KNOWN_TASKS == ("perplexity", "passkey", "memory", "speed")
+    assert [t.name for t in tasks.values() if t.is_score] == ["perplexity", "passkey"]
+    assert all(t.metric == t.name and t.label for t in tasks.values())
+    assert option_defaults()["lengths"] == (512, 1024) and option_defaults()["seed"] == 0  # shared, one default
+    assert [t.name for t in get_tasks(["speed", "perplexity", "speed"])] == ["perplexity", "speed"]  # registry order
+    with pytest.raises(TypeError):
+        tasks["rouge"] = tasks["speed"]  # read-only
+
+
+def test_register_task_refuses_duplicates_and_conflicting_defaults(monkeypatch):
+    from hf_rankprune.evaluation import tasks as registry
+
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
+    with pytest.raises(EvaluationError, match="'speed' is already registered"):
+        register_task("speed", metric="speed", options={}, validate=lambda o, m: None, label="x")(lambda *a: {})
+    with pytest.raises(EvaluationError, match="option 'seed' defaults to 1"):
+        register_task("rouge", metric="rouge", options={"seed": 1}, validate=lambda o, m: None, label="x")(lambda *a: {})
+    assert "rouge" not in registered_tasks()
+
+
+def test_a_registered_task_reaches_evaluate_model_recipes_and_cards(monkeypatch):
+    """One registration is all a new task needs: evaluate_model runs it, recipes take it and its options, cards
+    label its figures."""
+    from hf_rankprune.card import _eval_results
+    from hf_rankprune.evaluation import tasks as registry
+    from hf_rankprune.recipe import RecipeError, load_recipe
+
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
+
+    def check(options, max_positions):
+        if options["repeats"] < 1:
+            raise EvaluationError("bad", option="repeats", reason="give at least 1")
+
+    @register_task("echo", metric="speed", options={"repeats": 2}, validate=check, label="echo test")
+    def echo(model, tokenizer, options, progress):
+        return {"score": float(options["repeats"]), "num_calls": 1}
+
+    model = FixedDistributionLM(torch.full((8,), 1 / 8))
+    assert evaluate_model(model, None, tasks=["echo"], repeats=3) == {"echo.score": 3.0, "echo.num_calls": 1}
+    stage = "pruning_stage: {pruning_modifiers: {RankPruningModifier: {ratio: 0.25}}}\n"
+    assert load_recipe(stage + "evaluation: {tasks: [echo, memory], repeats: 4}\n").evaluation["repeats"] == 4
+    with pytest.raises(RecipeError, match="evaluation.repeats=0 is not allowed: give at least 1"):
+        load_recipe(stage + "evaluation: {tasks: [memory], repeats: 0}\n")  # every option given is checked
+    results = _eval_results({"echo.score": 3.0, "echo.num_calls": 1, "memory.total_bytes": 10})
+    assert [(r.metric_name, r.dataset_name) for r in results] == [("echo.score", "echo test")]
 
 
 # ---------------------------------------------------------------------------------------- demo model

@@ -1,9 +1,10 @@
 """`evaluate_model`: perplexity, passkey retrieval, state memory and decode speed of a causal LM.
 
-Each task computes its numbers with a Hugging Face `evaluate` metric module shipped in
-`hf_rankprune/evaluation/metrics/<name>/<name>.py` and loaded from that folder (no Hub access); the model
-work (scoring tokens, greedy cached decoding, reading head counts off the modules) happens here.
-Results come back as one flat dict, keys `"<task>.<metric>"` (e.g. `"passkey.accuracy@1024"`).
+The tasks are registered in `tasks.py`; `evaluate_model` runs the ones asked for. Each task computes its numbers
+with a Hugging Face `evaluate` metric module shipped in `hf_rankprune/evaluation/metrics/<name>/<name>.py` and
+loaded from that folder (no Hub access); the model work the tasks share (scoring tokens, greedy cached decoding,
+reading head counts off the modules) happens here. Results come back as one flat dict, keys `"<task>.<metric>"`
+(e.g. `"passkey.accuracy@1024"`).
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ from pathlib import Path
 
 import torch
 
+from ..errors import EvaluationError
 from . import passkey as pk
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-KNOWN_TASKS = ("perplexity", "passkey", "memory", "speed")
-SPEED_SPREAD_WARNING = 0.25  # (max - min) / median tokens/s above which the speed runs are reported as disagreeing
 
 _METRIC_CACHE: dict[str, object] = {}
 
 
 def load_metric(name: str):
-    """The packaged `evaluate` metric `name` (one of KNOWN_TASKS), loaded offline from its folder."""
-    if name not in KNOWN_TASKS:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(KNOWN_TASKS)}")
+    """The packaged `evaluate` metric `name` (a folder of `metrics/`), loaded offline from its folder."""
+    known = sorted(path.parent.name for path in METRICS_DIR.glob("*/*.py") if path.stem == path.parent.name)
+    if name not in known:
+        raise EvaluationError(f"unknown metric {name!r}; known: {', '.join(known)}")
     if name not in _METRIC_CACHE:
         with _offline_for_evaluate():
             import evaluate
@@ -108,7 +109,7 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_tok
     return new
 
 
-def _encode(tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer, text: str) -> list[int]:
     """Token ids of `text`; documents longer than the model's context are fine here (perplexity cuts windows), so
     the tokenizer's "sequence length is longer than the specified maximum" warning is not shown."""
     try:
@@ -143,7 +144,7 @@ def token_log_probs(
     sep = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
     stream: list[int] = []
     for text in texts:
-        stream += _encode(tokenizer, text) + sep
+        stream += encode_text(tokenizer, text) + sep
         if max_tokens is not None and len(stream) >= max_tokens:
             break
     if max_tokens is not None:
@@ -171,7 +172,7 @@ def token_log_probs(
         start += stride
     device = _device(model)
     results: list[list[float]] = []
-    bar = _bar(len(spans), f"perplexity ({len(stream):,} tokens)", "window", progress)
+    bar = progress_bar(len(spans), f"perplexity ({len(stream):,} tokens)", "window", progress)
     for i in range(0, len(spans), batch_size):
         group = spans[i : i + batch_size]
         for same_len in {e - s for s, e, _ in group}:
@@ -186,7 +187,8 @@ def token_log_probs(
     return results
 
 
-def _bar(total: int, desc: str, unit: str, enabled: bool):
+def progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    """A tqdm bar that draws nothing unless `enabled` (so callers update it either way)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
@@ -251,7 +253,7 @@ def decode_runs(model, tokenizer, *, prompt_length: int = 128, new_tokens: int =
         raise ValueError("speed needs prompt_length, new_tokens and runs >= 1")
     if tokenizer is not None:
         text = " ".join(pk.DEFAULT_FILLER[i % len(pk.DEFAULT_FILLER)] for i in range(prompt_length))
-        prompt = _encode(tokenizer, text)[:prompt_length]
+        prompt = encode_text(tokenizer, text)[:prompt_length]
     else:
         generator = torch.Generator().manual_seed(seed)
         prompt = torch.randint(0, model.config.vocab_size, (prompt_length,), generator=generator).tolist()
@@ -277,152 +279,51 @@ def decode_runs(model, tokenizer, *, prompt_length: int = 128, new_tokens: int =
 
 
 # ---------------------------------------------------------------------------------------------- entry
-def _check(tasks, lengths, depths, num_keys, model, window, tokenizer) -> tuple[str, ...]:
-    if isinstance(tasks, str):
-        tasks = (tasks,)
-    tasks = tuple(tasks)
-    unknown = [t for t in tasks if t not in KNOWN_TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"unknown task(s) {unknown or tasks!r}; known tasks: {', '.join(KNOWN_TASKS)}")
-    max_pos = _max_positions(model)
-    if "passkey" in tasks:
-        if not lengths or any(int(n) < 1 for n in lengths):
-            raise ValueError(f"passkey lengths must be positive, got {tuple(lengths)}")
-        if max_pos is not None and max(lengths) > max_pos:
-            raise ValueError(
-                f"passkey length grid {tuple(lengths)} goes beyond the model's max_position_embeddings ({max_pos})"
-            )
-        if not depths or any(not 0.0 <= float(d) <= 1.0 for d in depths):
-            raise ValueError(f"passkey depths must lie in [0, 1], got {tuple(depths)}")
-        if int(num_keys) < 1:
-            raise ValueError(f"num_keys must be >= 1, got {num_keys}")
-    if "perplexity" in tasks and max_pos is not None and window > max_pos:
-        raise ValueError(f"perplexity window {window} goes beyond the model's max_position_embeddings ({max_pos})")
-    if tokenizer is None and ("passkey" in tasks or "perplexity" in tasks):
-        raise ValueError("the perplexity and passkey tasks need a tokenizer")
-    return tasks
+def evaluate_model(model, tokenizer, tasks: str | Sequence[str] | None = None, *, progress: bool = False,
+                   **options) -> dict:  # fmt: skip
+    """Evaluate `model` on `tasks` (default: every registered task); returns a flat dict keyed `"<task>.<metric>"`.
 
-
-def evaluate_model(
-    model,
-    tokenizer,
-    tasks: Sequence[str] = KNOWN_TASKS,
-    *,
-    lengths: Sequence[int] = (512, 1024),
-    depths: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
-    num_keys: int = 10,
-    context_length: int | None = None,
-    seed: int = 0,
-    texts: Iterable[str] | None = None,
-    window: int = 512,
-    stride: int | None = None,
-    max_tokens: int | None = 30_000,
-    batch_size: int = 1,
-    num_digits: int = 5,
-    filler: Sequence[str] = pk.DEFAULT_FILLER,
-    speed_prompt_length: int = 128,
-    speed_new_tokens: int = 32,
-    speed_runs: int = 5,
-    kv_dtype_bytes: int | None = None,
-    state_dtype_bytes: int = 4,
-    progress: bool = False,
-) -> dict:
-    """Evaluate `model` on `tasks`; returns a flat dict keyed `"<task>.<metric>"`.
+    `options` are the tasks' options (`hf_rankprune.evaluation.tasks` registers each task with its options):
 
     - perplexity: held-out `texts` (default: the packaged held-out text of `hf_rankprune.evaluation.texts`,
-      31,121 tokens of the demo tokenizer) cut into windows of `window` tokens (`stride` < `window`: sliding
-      windows), at most `max_tokens` tokens; fewer tokens than `max_tokens` is a warning with the count.
-      Keys: perplexity, mean_nll, num_tokens (tokens scored), max_tokens (requested), window.
-    - passkey: `num_keys` keys at each of `lengths` x `depths` (tokens, fraction of filler before the needle),
+      31,121 tokens of the demo tokenizer) cut into windows of `window` tokens (default 512; `stride` < `window`:
+      sliding windows), at most `max_tokens` tokens (default 30,000); fewer tokens than `max_tokens` is a warning
+      with the count. Keys: perplexity, mean_nll, num_tokens (tokens scored), max_tokens (requested), window.
+    - passkey: `num_keys` keys (default 10) at each of `lengths` x `depths` (tokens, fraction of filler before the
+      needle; default (512, 1024) x (0.1, 0.3, 0.5, 0.7, 0.9)), keys of `num_digits` digits drawn from `seed`,
       greedy cached decoding; exact match of the first digits generated. Keys: accuracy, accuracy@<length>,
       accuracy@depth<depth>, num_examples, num_examples@<length>.
     - memory: linear-state, conv-state and KV-cache bytes for `batch_size` sequences at `context_length`
-      (default: max(lengths)), head counts read per layer from the modules. Keys: linear_state_bytes,
-      conv_state_bytes, kv_cache_bytes, total_bytes, linear_value_heads, ...
-    - speed: median decode tokens/s over `speed_runs` runs of `speed_new_tokens` greedy tokens after a
-      `speed_prompt_length`-token prompt, with the spread (min, max); runs that disagree by more than 25% of the
-      median are a warning. Keys: decode_tokens_per_s, decode_tokens_per_s_min, decode_tokens_per_s_max,
+      (default: max(lengths)), head counts read per layer from the modules; `kv_dtype_bytes` (default: the model's)
+      and `state_dtype_bytes` (default 4). Keys: linear_state_bytes, conv_state_bytes, kv_cache_bytes,
+      total_bytes, linear_value_heads, ...
+    - speed: median decode tokens/s over `speed_runs` runs (default 5) of `speed_new_tokens` greedy tokens (32)
+      after a `speed_prompt_length`-token prompt (128), with the spread (min, max); runs that disagree by more than
+      25% of the median are a warning. Keys: decode_tokens_per_s, decode_tokens_per_s_min, decode_tokens_per_s_max,
       decode_spread, decode_ms_per_token, num_runs.
 
     `progress`: progress bars over perplexity windows, passkey examples and speed runs (each names its task).
 
-    Arguments are validated before any work: unknown tasks, a passkey length grid beyond the model's
-    max_position_embeddings, depths outside [0, 1] raise ValueError.
+    Everything is checked before any work: unknown tasks or options, a passkey length grid or perplexity window
+    beyond the model's max_position_embeddings, depths outside [0, 1] raise `EvaluationError` (a ValueError).
     """
-    tasks = _check(tasks, lengths, depths, num_keys, model, window, tokenizer)
+    from .tasks import check_options, get_tasks, task_names, task_settings
+
+    chosen = get_tasks(task_names() if tasks is None else tasks)
+    check_options(options, chosen, _max_positions(model))
+    needy = [task.name for task in chosen if task.needs_tokenizer]
+    if tokenizer is None and needy:
+        raise EvaluationError(f"the {' and '.join(needy)} task(s) need a tokenizer: pass the model's tokenizer.")
     was_training = getattr(model, "training", False)
     model.eval()
     results: dict = {}
     try:
-        if "perplexity" in tasks:
-            if texts is None:
-                from .texts import heldout_texts
-
-                texts = heldout_texts()
-            log_probs = token_log_probs(model, tokenizer, texts, window=window, stride=stride, max_tokens=max_tokens,
-                                        progress=progress)  # fmt: skip
-            _merge(results, "perplexity", load_metric("perplexity").compute(log_probs=log_probs))
-            if max_tokens is not None:
-                results["perplexity.max_tokens"] = int(max_tokens)
-            results["perplexity.window"] = window
-        if "passkey" in tasks:
-            samples = pk.evaluation_samples(tokenizer, lengths, depths, num_keys, seed, num_digits, filler)
-            eos = getattr(tokenizer, "eos_token_id", None)
-            predictions = []
-            bar = _bar(len(samples), f"passkey ({len(samples)} examples)", "example", progress)
-            for sample in samples:
-                ids = torch.tensor([_encode(tokenizer, sample.prompt)])
-                new = greedy_generate(model, ids, num_digits + 2, eos_token_id=eos)
-                predictions.append(tokenizer.decode(new, skip_special_tokens=True))
-                bar.update(1)
-            bar.close()
-            scores = load_metric("passkey").compute(
-                predictions=predictions,
-                references=[s.key for s in samples],
-                lengths=[s.length for s in samples],
-                depths=[s.depth for s in samples],
-            )
-            _merge(results, "passkey", scores)
-            for length in lengths:
-                results[f"passkey.num_examples@{int(length)}"] = sum(s.length == length for s in samples)
-        if "memory" in tasks:
-            rows = memory_layers(model)
-            kv_bytes = kv_dtype_bytes or _dtype_bytes(model)
-            scores = load_metric("memory").compute(
-                **{k: [r[k] for r in rows] for k in rows[0]},
-                context_length=int(context_length if context_length is not None else max(lengths)),
-                batch_size=batch_size,
-                kv_dtype_bytes=kv_bytes,
-                state_dtype_bytes=state_dtype_bytes,
-            )
-            _merge(results, "memory", scores)
-        if "speed" in tasks:
-            counts, seconds = decode_runs(
-                model,
-                tokenizer,
-                prompt_length=speed_prompt_length,
-                new_tokens=speed_new_tokens,
-                runs=speed_runs,
-                seed=seed,
-            )
-            speed = load_metric("speed").compute(num_tokens=counts, seconds=seconds)
-            _merge(results, "speed", speed)
-            if speed["decode_spread"] > SPEED_SPREAD_WARNING:
-                warnings.warn(
-                    f"speed: the {len(counts)} decoding runs disagree ({speed['decode_tokens_per_s_min']:.1f} to "
-                    f"{speed['decode_tokens_per_s_max']:.1f} tokens/s, median {speed['decode_tokens_per_s']:.1f}): "
-                    "the machine is busy or throttling, so treat the speed figure as noise.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        for task in chosen:
+            figures = task.run(model, tokenizer, task_settings(task, options), progress)
+            results.update({f"{task.name}.{key}": value for key, value in figures.items()})
     finally:
         model.train(was_training)
     return results
-
-
-def _merge(results: dict, task: str, scores: dict) -> None:
-    for key, value in scores.items():
-        results[f"{task}.{key}"] = value
 
 
 def format_value(key: str, value) -> str:
