@@ -1,10 +1,12 @@
-"""Push a saved (pruned) model folder to the Hugging Face Hub in one commit.
+"""Push a saved (pruned) model folder to the Hugging Face Hub in one commit; read a base model's card from it.
 
 `push_folder` is the only door: it checks everything it can before the first request (repo id, folder, a
 `config.json`), creates the repo if needed, and uploads every file of the folder in a single commit through
 `huggingface_hub`'s `create_commit`, so the remote never holds half a model. Failures of the Hub (refused token,
 server errors, dropped connections) become a `HubPushError` that says what happened and what to do; the local
 folder is only ever read. The token is never written to a file or a log message.
+
+`model_card_text` is the one read: the README.md of a base model, for the license its pruned model's card carries.
 
 Loading back needs nothing from here: `AutoModelForCausalLM.from_pretrained(repo_id)`.
 """
@@ -15,9 +17,9 @@ import logging
 import os
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import filter_repo_objects, get_token, validate_repo_id
+from huggingface_hub.utils import build_hf_headers, filter_repo_objects, get_session, get_token, validate_repo_id
 
 from .errors import HubPushError  # noqa: F401 (re-exported)
 from .utils import OUTPUT_MARKER
@@ -27,7 +29,7 @@ try:  # huggingface_hub >= 2 talks through httpx2, 1.x through httpx
 except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
     import httpx as _httpx
 
-__all__ = ["HubPushError", "push_folder"]
+__all__ = ["HubPushError", "model_card_text", "push_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,3 +183,22 @@ def _scrub(text: str, token: str | bool | None) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
+
+
+def model_card_text(repo_id: str, *, endpoint: str | None = None) -> str | None:
+    """The README.md of Hub model `repo_id` (from `endpoint`, default `HF_ENDPOINT`), or None: no card, gated,
+    offline, unreachable.
+
+    One request without retries, so an offline machine does not wait on back-offs (`hf_hub_download` retries a
+    refused connection for half a minute), and nothing is cached. With `HF_HUB_OFFLINE` set, the copy in the local
+    Hub cache, if there is one.
+    """
+    if constants.HF_HUB_OFFLINE:
+        cached = try_to_load_from_cache(repo_id, "README.md")
+        return Path(cached).read_text(encoding="utf-8-sig") if isinstance(cached, str) else None
+    url = hf_hub_url(repo_id, "README.md", endpoint=(endpoint or constants.ENDPOINT).rstrip("/"))
+    try:
+        response = get_session().get(url, headers=build_hf_headers(), timeout=10, follow_redirects=True)
+    except Exception:  # no network, refused connection, timeout: the card stays unknown
+        return None
+    return response.text if response.status_code == 200 else None
