@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from hf_rankprune.evaluation import evaluate_model
     from hf_rankprune.loading import DEMO_MODEL_PATH, load_model_and_tokenizer
     from hf_rankprune.output_scores import decay_scores
-    from hf_rankprune.recipe import load_recipe, override_config
+    from hf_rankprune.recipe import load_recipe
     from hf_rankprune.report import decay_rank_correlation
 
     lengths = tuple(int(x) for x in args.lengths.split(","))
     base_model, tokenizer = load_model_and_tokenizer(str(DEMO_MODEL_PATH))
-    recipe = override_config(load_recipe(ROOT / "recipes" / "demo.yaml").config, num_heads=args.heads)
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml").config.replace(num_heads=args.heads)  # clears the ratio
     importance = recipe.replace(direction=None)  # each importance score's own direction: the lowest go
     greedy = importance.replace(score="kl", kl_greedy=True)
     if args.greedy_samples is not None:

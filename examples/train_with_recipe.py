@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from hf_rankprune.loading import DEMO_MODEL_PATH  # noqa: E402
-from hf_rankprune.recipe import RankPruneCallback, load_recipe  # noqa: E402
+from hf_rankprune.recipe import load_recipe  # noqa: E402
+from hf_rankprune.training import RankPruneCallback  # noqa: E402
 
 EOS = "<|endoftext|>"
 

@@ -17,18 +17,17 @@ from .data import (
     load_calibration_samples,
 )
 from .errors import RankPruneError
+from .loading import quiet_gpu_kernel_notices_on_cpu
 from .output_scores import importance_scores
 from .plan import LayerPlan, PlanError, PrunePlan
-from .pruner import RankPruner
-from .recipe import RankPruneCallback, Recipe, RecipeError, apply_recipe, check_architecture, load_recipe
+from .pruner import RankPruner, RunResult
+from .recipe import Recipe, RecipeError, check_architecture, load_recipe
 from .report import analyze, write_report
 from .scoring import head_scores, plan_from_scores, plan_from_stats
 from .stats import RankStats, StatsError
 from .surgery import apply_plan, model_plan, save_pruned
-
-__version__ = "0.1.0"
-
-from .loading import quiet_gpu_kernel_notices_on_cpu  # noqa: E402
+from .training import RankPruneCallback, apply_recipe
+from .version import __version__
 
 quiet_gpu_kernel_notices_on_cpu()  # CPU users are not told to install GPU-only kernels
 
@@ -49,9 +48,11 @@ __all__ = [
     "RankPruner",
     "Recipe",
     "RecipeError",
+    "RunResult",
     "RankStats",
     "StatsError",
     "TextSource",
+    "__version__",
     "analyze",
     "apply_plan",
     "apply_recipe",

@@ -17,14 +17,18 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .config import IMPORTANCE_SCORES
+from .config import IMPORTANCE_SCORES, SETTINGS, cli_flag, value_type
 from .errors import ModelCardError  # noqa: F401 (re-exported)
 from .plan import PrunePlan
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .pruner import RankPruner
 
 __all__ = [
     "BASE_MODEL_RELATION",
@@ -54,16 +58,6 @@ PAPER_ARXIV = "2602.02195"
 # claim training, "adapter" and "merge" describe other artefacts.
 BASE_MODEL_RELATION = "quantized"
 TAGS = ("hf_rankprune", "pruned", "linear-attention")
-METRIC_TASKS = {
-    "perplexity": "held-out text perplexity",
-    "passkey": "passkey retrieval",
-    "memory": "inference memory",
-    "speed": "decoding speed",
-}
-
-
-NOT_SCORES = ("memory", "speed")  # measured, but not quality scores for `model-index` (speed depends on hardware)
-
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -100,8 +94,6 @@ def build_model_card(
         template_path: a Jinja2 template (default: `model_cards/pruned_model_card.md`).
         vision_language: the model is a vision-language model (loaded with `AutoModelForImageTextToText`).
     """
-    from . import __version__
-
     evaluation = _check_evaluation(evaluation)
     context_length = int(context_length or DEFAULT_CONTEXT_LENGTH)
     if context_length < 1:
@@ -235,7 +227,7 @@ def write_model_card(
     return card
 
 
-def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | None = None) -> ModelCard:
+def write_pruner_card(pruner: RankPruner, folder: str | os.PathLike, *, repo_id: str | None = None) -> ModelCard:
     """The card of a `RankPruner`'s pruned model: its plan, statistics, `evaluation_results`, recipe and base model."""
     from .surgery import model_plan
 
@@ -244,13 +236,13 @@ def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | 
     if plan is None:
         raise ModelCardError("The pruner's model carries no prune plan: prune it before writing its card.")
     name = str(pruner.model_name) if pruner.model_name else None
-    base_model = getattr(pruner, "base_model", None) or hub_model_id(name)
+    base_model = pruner.base_model or hub_model_id(name)
     # the license of the base model's card: from the folder it was loaded from (the demo model's), or its Hub id
-    source = getattr(pruner, "source_model", None)
+    source = pruner.source_model
     license = getattr(model.config, "license", None) or base_model_license(source or name) or (
         base_model_license(name) if source else None
     )
-    evaluation = getattr(pruner, "evaluation_results", None) or {}
+    evaluation = pruner.evaluation_results or {}
     measured = [side.get("memory.context_length") for side in evaluation.values() if isinstance(side, Mapping)]
     measured = [int(value) for value in measured if isinstance(value, (int, float)) and not isinstance(value, bool)]
     max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
@@ -266,7 +258,7 @@ def write_pruner_card(pruner: Any, folder: str | os.PathLike, *, repo_id: str | 
         base_model_name=name,
         license=license,
         evaluation=evaluation or None,
-        recipe=getattr(pruner, "recipe", None),
+        recipe=pruner.recipe,
         context_length=context_length,
         repo_id=repo_id,
         vision_language=getattr(model.config, "vision_config", None) is not None,
@@ -319,8 +311,10 @@ def base_model_license(name_or_path: str | os.PathLike | None, *, endpoint: str 
     if readme.is_file():
         text = readme.read_text(encoding="utf-8-sig")
     else:
+        from .hub import model_card_text
+
         repo_id = hub_model_id(str(name_or_path))
-        text = _hub_card_text(repo_id, endpoint) if repo_id is not None else None
+        text = model_card_text(repo_id, endpoint=endpoint) if repo_id is not None else None
         if text is None:
             return None
     try:
@@ -328,28 +322,6 @@ def base_model_license(name_or_path: str | os.PathLike | None, *, endpoint: str 
     except Exception:  # a malformed card of the base model must not stop the save
         return None
     return _license_of(data)
-
-
-def _hub_card_text(repo_id: str, endpoint: str | None = None) -> str | None:
-    """The README.md of a Hub model, or None (no card, gated, offline, unreachable).
-
-    One request without retries, so that an offline machine does not wait on back-offs; nothing is cached."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.utils import get_session
-
-    if constants.HF_HUB_OFFLINE:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(repo_id, CARD_FILE)
-        return Path(cached).read_text(encoding="utf-8-sig") if isinstance(cached, str) else None
-    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
-    try:
-        headers = HfApi(endpoint=endpoint)._build_hf_headers()
-        response = get_session().get(f"{endpoint}/{repo_id}/resolve/main/{CARD_FILE}", headers=headers,
-                                     timeout=10, follow_redirects=True)  # fmt: skip
-    except Exception:  # no network, refused connection, timeout: the license stays unknown (the card omits it)
-        return None
-    return response.text if response.status_code == 200 else None
 
 
 def _license_of(data: Any) -> dict[str, str] | None:
@@ -440,36 +412,25 @@ def _recipe_text(recipe: Any) -> str | None:
     raise ModelCardError(f"recipe must be YAML text or a Recipe, got {type(recipe).__name__}.")
 
 
-_CLI_FLAGS = {
-    "score": "--score",
-    "kl_greedy": "--kl-greedy",
-    "alpha": "--alpha",
-    "norm": "--norm",
-    "direction": "--direction",
-    "budget": "--budget",
-    "ratio": "--ratio",
-    "num_heads": "--num-heads",
-    "target_state_bytes": "--target-state-bytes",
-    "min_heads_per_layer": "--min-heads-per-layer",
-    "rank_eps": "--rank-eps",
-    "seed": "--seed",
-    "calibration_samples": "--num-samples",
-    "calibration_seq_len": "--seq-len",
-}
+# the plan records the calibration size it measured on under these keys (`plan_from_stats`, `RankPruner.plan`)
+_MEASURED_SETTINGS = {"num_samples": "calibration_samples", "seq_len": "calibration_seq_len"}
 
 
 def _cli_flags(settings: Mapping[str, Any]) -> str:
-    """The `hf-rankprune prune` flags of a one-step plan's settings (empty for composed plans)."""
+    """The `hf-rankprune prune` flags of a one-step plan's settings (empty for composed plans): every setting with a
+    flag that the plan records, in the settings' declared order."""
     flags = []
-    for key, flag in _CLI_FLAGS.items():
-        value = settings.get(key)
+    for spec in SETTINGS:
+        value = settings.get(_MEASURED_SETTINGS.get(spec.name, spec.name))
+        if spec.metadata["cli"] is None or value is None or value is False or value == []:
+            continue
+        flag = cli_flag(spec.name)
         if value is True:  # a switch
             flags.append(flag)
-        elif value is not None and value is not False:
+        elif value_type(spec) == list[int]:
+            flags.append(f"{flag} {','.join(map(str, value))}")
+        else:
             flags.append(f"{flag} {value}")
-    protected = settings.get("protected_layers")
-    if protected:
-        flags.append("--protected-layers " + ",".join(map(str, protected)))
     return " ".join(flags)
 
 
@@ -508,19 +469,24 @@ def _split_key(key: str) -> tuple[str, str]:
 
 
 def _eval_results(metrics: Mapping[str, float]) -> list[EvalResult]:
-    """`model-index` entries for the pruned model's numeric quality metrics (counts like `num_tokens`, memory and
-    speed left out: they stay in the card's table)."""
+    """`model-index` entries for the pruned model's numeric quality metrics (counts like `num_tokens`, and the figures
+    of tasks registered as no scores, such as memory and speed, left out: they stay in the card's table). Tasks are
+    labelled as the registry of evaluation tasks labels them; unregistered ones by their name."""
+    from .evaluation.tasks import registered_tasks
+
+    tasks = registered_tasks()
     results = []
     for key, value in metrics.items():
         task, metric = _split_key(key)
-        if task in NOT_SCORES or metric.startswith("num_") or not math.isfinite(float(value)):
+        known = tasks.get(task)
+        if (known is not None and not known.is_score) or metric.startswith("num_") or not math.isfinite(float(value)):
             continue
         results.append(
             EvalResult(
                 task_type="text-generation",
                 task_name="Text Generation",
                 dataset_type=task,
-                dataset_name=METRIC_TASKS.get(task, task),
+                dataset_name=known.label if known is not None else task,
                 metric_type=metric.split("@")[0],
                 metric_name=key,
                 metric_value=value,

@@ -14,9 +14,10 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .config import RankPruneConfig
+from .config import CALIBRATION, PRUNING, RankPruneConfig, cli_flag
 from .errors import RankPruneError, UsageError
 from .loading import DEMO_MODEL_NAME, load_model_and_tokenizer, resolve_model_path
+from .version import __version__
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,35 +31,46 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
 
 
-def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_setting_arguments(parser: argparse.ArgumentParser, group: str) -> None:
+    """One flag per RankPruneConfig field of the command-line `group` (config.CALIBRATION or config.PRUNING), with
+    the field's help, choices and default. Every default is None here, so that only given flags override."""
+    from .config import DEMO_CALIBRATION, settings_in, value_type
+
     defaults = RankPruneConfig()
-    parser.add_argument(
-        "--data",
-        action="append",
-        default=None,
-        metavar="SPEC",
-        help="calibration data: a .txt/.jsonl/.parquet file, 'builtin', 'builtin:<category>' or 'hf:<dataset>' "
-        "(repeatable; default: the built-in offline context suite)",
-    )
-    parser.add_argument("--num-samples", type=int, default=None, help=f"default {defaults.num_samples} (16 for the demo model)")
-    parser.add_argument("--seq-len", type=int, default=None, help=f"default {defaults.seq_len} (512 for the demo model)")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"default {defaults.batch_size} (4 for the demo model)")
-    parser.add_argument("--grid-step", type=int, default=None, help=f"default {defaults.grid_step}")
-    parser.add_argument("--rank-eps", type=float, default=None, help=f"default {defaults.rank_eps}")
-    parser.add_argument("--seed", type=int, default=None, help=f"default {defaults.seed}")
+    for spec in settings_in(cli=group):
+        kind = value_type(spec)
+        default = getattr(defaults, spec.name)
+        shown_default = "" if default is None or default is False or default == [] else f"default {default}"
+        if DEMO_CALIBRATION.get(spec.name, default) != default:
+            shown_default += f"; {DEMO_CALIBRATION[spec.name]} for the demo model"
+        help_text = spec.metadata["help"] + (f" ({shown_default})" if shown_default else "")
+        argument: dict = {"default": None, "help": help_text.replace("%", "%%")}
+        if kind is bool:
+            argument["action"] = "store_true"
+        elif kind == list[str]:
+            argument.update(action="append", metavar=spec.metadata["metavar"])
+        elif kind == list[int]:
+            argument["metavar"] = spec.metadata["metavar"]  # comma-separated, read by _config_from_args
+        else:
+            argument.update(type=kind, choices=spec.metadata["choices"])
+        parser.add_argument(cli_flag(spec.name), **argument)
 
 
 def _config_from_args(args: argparse.Namespace, base: RankPruneConfig | None = None) -> RankPruneConfig:
-    names = {
-        "num_samples": "num_samples",
-        "seq_len": "seq_len",
-        "batch_size": "batch_size",
-        "grid_step": "grid_step",
-        "rank_eps": "rank_eps",
-        "seed": "seed",
-        "data": "data",
-    }
-    overrides = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
+    """`base` (default: the settings for MODEL, see `pruner.default_config`) with the given setting flags applied;
+    a budget flag replaces the base's budget, and an importance --score without --direction its direction."""
+    from .config import IMPORTANCE_SCORES, SETTINGS, check_one_budget, value_type
+
+    overrides = {}
+    for spec in SETTINGS:
+        value = getattr(args, spec.name, None)
+        if value is not None and value_type(spec) == list[int]:
+            value = _int_list(value, cli_flag(spec.name))
+        if value is not None:
+            overrides[spec.name] = value
+    check_one_budget(overrides, name=cli_flag)
+    if overrides.get("score") in IMPORTANCE_SCORES and "direction" not in overrides:
+        overrides["direction"] = None  # the importance score's own direction, not a recipe's written for ranks
     if base is None:  # the embedded demo model gets its recipe's calibration size (16 x 512), other models 64 x 2048
         from .pruner import default_config
 
@@ -113,78 +125,6 @@ def _check_seq_len(seq_len: int, model_path: str) -> None:
         raise UsageError(f"--seq-len {seq_len} goes beyond the model's context (max_position_embeddings={limit}).")
 
 
-def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import BUDGETS, DIRECTIONS, LAYOUTS, NORMS, SCORES, UNIFORM_ROUNDINGS
-
-    defaults = RankPruneConfig()
-    parser.add_argument("--ratio", type=float, default=None, help=f"fraction of value heads to remove "
-                        f"(default {defaults.ratio})")  # fmt: skip
-    parser.add_argument("--num-heads", type=int, default=None, help="number of value heads to remove")
-    parser.add_argument("--target-state-bytes", type=int, default=None, help="linear-state bytes per sequence to fit")
-    parser.add_argument("--alpha", type=float, default=None, help=f"rank weight of the joint score "
-                        f"(default {defaults.alpha})")  # fmt: skip
-    parser.add_argument("--score", choices=SCORES, default=None,
-                        help="how heads are scored: from the calibrated state ranks and norms, 'joint' (JRNP), "
-                        "'rank', 'norm', 'random'; or by head importance (HIGH = important), 'kl' (KL of the "
-                        "next-token distributions with the head's output zeroed: one forward per head per batch), "
-                        "'taylor' (|mask x dL/dmask| of a head mask: one backward per batch), 'activation' "
-                        "(Minitron-style norm of the head's output channels), all three on the calibration samples "
-                        "without rank calibration, or 'decay' (data-free, from A_log/dt_bias) "
-                        f"(default {defaults.score})")  # fmt: skip
-    parser.add_argument("--kl-greedy", action="store_true", default=None,
-                        help="with --score kl: remove one head at a time, re-scoring the remaining heads after each "
-                        "removal (about one forward per remaining head per batch per removal)")  # fmt: skip
-    parser.add_argument("--norm", choices=NORMS, default=None, help=f"default {defaults.norm}")
-    parser.add_argument("--budget", choices=BUDGETS, default=None, help=f"default {defaults.budget}")
-    parser.add_argument("--direction", choices=DIRECTIONS, default=None,
-                        help="'saturated' removes the highest scores, 'low_rank' the lowest, 'random' random heads "
-                        "(default: the score's natural direction, 'saturated' for joint/rank/norm/random, the paper's; "
-                        "'low_rank' for kl/taylor/activation/decay, whose HIGH scores mark IMPORTANT heads, so the "
-                        "least important go; --score kl/taylor/activation/decay without --direction also replaces a "
-                        "recipe's direction by 'low_rank')")  # fmt: skip
-    parser.add_argument("--min-heads-per-layer", type=int, default=None,
-                        help=f"default {defaults.min_heads_per_layer}")  # fmt: skip
-    parser.add_argument("--protected-layers", default=None, help="comma-separated layer indices never pruned")
-    parser.add_argument("--layout", choices=LAYOUTS, default=None,
-                        help="'stock': the same head count in every layer, key heads replicated where groups would be "
-                        "unequal, so stock transformers and serving engines (vLLM) load the result; use it with "
-                        f"--budget per_layer for a servable model (default {defaults.layout}: stock when the plan "
-                        "allows it, ragged otherwise)")  # fmt: skip
-    parser.add_argument("--uniform-rounding", choices=UNIFORM_ROUNDINGS, default=None,
-                        help="with --budget uniform, which achievable head count to take when the request is not one: "
-                        "'down' (nearest at or below; refused when none), 'nearest' or 'up' "
-                        f"(default {defaults.uniform_rounding})")  # fmt: skip
-
-
-def _pruning_overrides(args: argparse.Namespace) -> dict:
-    overrides = {
-        name: getattr(args, name)
-        for name in ("num_heads", "target_state_bytes", "alpha", "score", "norm", "budget", "direction",
-                     "min_heads_per_layer", "uniform_rounding", "layout", "kl_greedy")
-        if getattr(args, name, None) is not None
-    }  # fmt: skip
-    from .config import IMPORTANCE_SCORES
-
-    if overrides.get("score") in IMPORTANCE_SCORES and "direction" not in overrides:
-        overrides["direction"] = None  # the importance score's own direction, not a recipe's written for ranks
-    given = [flag for flag, name in (("--ratio", "ratio"), ("--num-heads", "num_heads"),
-                                     ("--target-state-bytes", "target_state_bytes")) if getattr(args, name) is not None]
-    if len(given) > 1:
-        raise UsageError(f"{' and '.join(given)} {'both' if len(given) == 2 else 'all'} set the budget: give only one of them.")
-    if args.ratio is not None:
-        overrides["ratio"] = args.ratio
-    elif "num_heads" in overrides or "target_state_bytes" in overrides:
-        overrides["ratio"] = None
-    if args.protected_layers is not None:
-        try:
-            overrides["protected_layers"] = [int(x) for x in args.protected_layers.split(",") if x.strip()]
-        except ValueError as error:
-            raise UsageError(
-                f"--protected-layers {args.protected_layers!r} is not a comma-separated list of layer indices."
-            ) from error
-    return overrides
-
-
 def _prune_recipe(args: argparse.Namespace):
     """With --recipe: the recipe, after filling MODEL and --out from it (flags win) and checking the model's
     architecture against it before any weight is read; None without --recipe."""
@@ -204,16 +144,18 @@ def _prune_recipe(args: argparse.Namespace):
 
 
 def _prune(args: argparse.Namespace) -> int:
+    """Parse, check every input before any work, then `RankPruner.from_recipe(...)` / `from_pretrained(...)` and
+    `run()`; print what was done."""
+    import dataclasses
     import warnings
 
     from .pruner import RankPruner
-    from .recipe import override_config
     from .scoring import UniformRoundingWarning
     from .stats import RankStats
     from .utils import check_output_dir
 
     recipe = _prune_recipe(args)
-    config = override_config(_config_from_args(args, recipe.config if recipe else None), **_pruning_overrides(args))
+    config = _config_from_args(args, recipe.config if recipe else None)
     model_path = resolve_model_path(args.model)
     check_output_dir(args.out, args.overwrite, _run_inputs(args, model_path, config))
     if args.stats and not config.needs_rank_stats():
@@ -222,42 +164,21 @@ def _prune(args: argparse.Namespace) -> int:
     stats = RankStats.from_json_file(args.stats) if args.stats else None
     if stats is None:
         _check_seq_len(config.seq_len, model_path)
-    evaluation = _recipe_evaluation(recipe, model_path)
-    push = dict(recipe.push_to_hub) if recipe is not None and recipe.push_to_hub else None
-    if push is not None:
-        from .hub import _check_repo_id
-
-        _check_repo_id(push["repo_id"])
+    loading = {"device_map": args.device_map, "torch_dtype": args.dtype, "base_model": args.base_model}
     with warnings.catch_warnings():  # the uniform budget's choice is printed below
         warnings.simplefilter("ignore", UniformRoundingWarning)
-        pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype,
-                                            base_model=args.base_model)  # fmt: skip
-    pruner.model_name = str(args.model or DEMO_MODEL_NAME)
+        if recipe is None:
+            pruner = RankPruner.from_pretrained(args.model, config, **loading)
+        else:  # the recipe's evaluation is checked against the model's context before any weight is read
+            evaluation = _recipe_evaluation(recipe, model_path)
+            recipe = dataclasses.replace(recipe, config=config, evaluation=evaluation)  # flags applied: the card shows it
+            pruner = RankPruner.from_recipe(recipe, args.model, **loading)
     if pruner.uniform_choice is not None:  # which head count a uniform budget takes, and why, before any work
         print(pruner.uniform_choice.message(), flush=True)
-    if recipe is not None:  # the model card shows the recipe, with the flags that overrode it applied
-        import dataclasses
-
-        pruner.recipe = dataclasses.replace(recipe, config=config)
-    if not config.needs_rank_stats():  # importance scores: measured on the model, no rank calibration
-        pruner.measure_importance(progress=not args.quiet)
-    elif stats is not None:
+    if stats is not None:
         pruner.load_stats(stats)
-    else:
-        pruner.calibrate(progress=not args.quiet)
-    plan = pruner.plan()
-    if evaluation is not None:
-        from .evaluation import evaluate_model
-
-        tasks = evaluation.pop("tasks")
-        evaluation.setdefault("progress", not args.quiet)
-        print(f"Evaluating the original model ({', '.join(tasks)})", flush=True)
-        original = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
-        pruner.prune()
-        print(f"Evaluating the pruned model ({', '.join(tasks)})", flush=True)
-        pruned = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
-        pruner.evaluation_results = {"original": original, "pruned": pruned}
-    pruner.save_pretrained(args.out, overwrite=args.overwrite)
+    result = pruner.run(args.out, overwrite=args.overwrite, progress=not args.quiet)
+    plan = result.plan
     memory = plan.memory(context_length=config.seq_len)
     print(
         f"Removed {plan.settings['removed_value_heads']} of {plan.settings['total_value_heads']} value heads "
@@ -266,15 +187,12 @@ def _prune(args: argparse.Namespace) -> int:
     )
     max_positions = getattr(pruner.model.config.get_text_config(), "max_position_embeddings", None) or 32_768
     print(_serving_summary(plan, args.server_memory_gib, min(32_768, int(max_positions))))
-    if evaluation is not None:
+    if result.evaluation:
         from .evaluation import results_table
 
-        print(results_table({"original": original, "pruned": pruned}))
-    if push is not None:
-        from .hub import push_folder
-
-        commit = push_folder(args.out, **push)
-        print(f"Pushed to {commit.repo_url}: commit {commit.oid}")
+        print(results_table(result.evaluation))
+    if result.commit is not None:
+        print(f"Pushed to {result.commit.repo_url}: commit {result.commit.oid}")
     return 0
 
 
@@ -293,21 +211,25 @@ def _serving_summary(plan, memory_gib: float, context_length: int) -> str:
 
 
 def _recipe_evaluation(recipe, model_path: str) -> dict | None:
-    """The recipe's evaluation settings, with passkey lengths checked against the model's context up front."""
+    """The recipe's evaluation settings, checked by its tasks against the model's context before any weight is read."""
     if recipe is None or not recipe.evaluation:
         return None
-    from .evaluation import KNOWN_TASKS
+    from .errors import EvaluationError
+    from .evaluation.tasks import check_options, get_tasks, task_names
     from .loading import load_config
+    from .utils import shown
 
     evaluation = dict(recipe.evaluation)
-    evaluation.setdefault("tasks", list(KNOWN_TASKS))
-    lengths = evaluation.get("lengths", (512, 1024))
+    evaluation.setdefault("tasks", list(task_names()))
+    options = {key: value for key, value in evaluation.items() if key != "tasks"}
     limit = getattr(load_config(model_path).get_text_config(), "max_position_embeddings", None)
-    if "passkey" in evaluation["tasks"] and limit is not None and max(lengths) > limit:
+    try:
+        check_options(options, get_tasks(evaluation["tasks"]), limit)
+    except EvaluationError as error:
         raise UsageError(
-            f"The recipe's evaluation lengths {list(lengths)} go beyond the model's context "
-            f"(max_position_embeddings={limit})."
-        )
+            f"The recipe's evaluation.{error.option}={shown(evaluation.get(error.option))} is not allowed: "
+            f"{error.reason}."
+        ) from None
     return evaluation
 
 
@@ -343,37 +265,30 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_kwargs(args: argparse.Namespace, model_path: str, tasks: Sequence[str]) -> dict:
-    """Evaluation settings, checked against the model's config before any weight is loaded."""
+    """Evaluation settings from the flags, checked by the tasks against the model's config before any weight is
+    loaded; a bad one is reported under its flag."""
+    from .errors import EvaluationError
+    from .evaluation.tasks import check_options, get_tasks
     from .loading import load_config
 
-    lengths = _int_list(args.lengths, "--lengths")
-    depths = _float_list(args.depths, "--depths")
-    if "passkey" in tasks:
-        if not lengths or min(lengths) < 1:
-            raise UsageError(f"--lengths {args.lengths!r}: give positive token counts.")
-        if not depths or not all(0.0 <= d <= 1.0 for d in depths):
-            raise UsageError(f"--depths {args.depths!r}: every depth must lie in [0, 1].")
-        if args.num_keys < 1:
-            raise UsageError(f"--num-keys {args.num_keys}: give at least 1.")
-        config = load_config(model_path)
-        limit = getattr(config.get_text_config(), "max_position_embeddings", None)
-        if limit is not None and max(lengths) > limit:
-            raise UsageError(
-                f"--lengths {args.lengths!r} goes beyond the model's context (max_position_embeddings={limit})."
-            )
-    return {"lengths": lengths, "depths": depths, "num_keys": args.num_keys}
+    options = {"lengths": _int_list(args.lengths, "--lengths"), "depths": _float_list(args.depths, "--depths"),
+               "num_keys": args.num_keys}  # fmt: skip
+    try:
+        chosen = get_tasks(tasks)
+        limit = getattr(load_config(model_path).get_text_config(), "max_position_embeddings", None)
+        check_options(options, chosen, limit)
+    except EvaluationError as error:
+        raise UsageError(f"--{error.option.replace('_', '-')} {getattr(args, error.option)!r}: {error.reason}.") from None
+    return options
 
 
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluation import KNOWN_TASKS, evaluate_model
+    from .evaluation import evaluate_model
     from .utils import atomic_write_text, check_output_file
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in KNOWN_TASKS]
-    if unknown or not tasks:
-        raise UsageError(f"unknown task(s) {unknown or args.tasks!r}: choose from {','.join(KNOWN_TASKS)}.")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]  # checked by _eval_kwargs
     model_path = resolve_model_path(args.model)
     check_output_file(args.out, args.overwrite, _run_inputs(args, model_path))
     kwargs = _eval_kwargs(args, model_path, tasks)
@@ -393,7 +308,7 @@ def _probe(args: argparse.Namespace) -> int:
     from .stats import RankStats
     from .utils import atomic_output_dir, check_output_dir
 
-    config = _config_from_args(args).replace(**_pruning_overrides(args))
+    config = _config_from_args(args)
     model_path = resolve_model_path(args.model)
     inputs = _run_inputs(args, model_path, config)
     check_output_dir(args.out, args.overwrite, inputs)
@@ -443,23 +358,12 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("hf-rankprune")
-    except PackageNotFoundError:  # run from a source tree that was not installed
-        from . import __version__
-
-        return __version__
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-rankprune",
         description="State-rank analysis and head pruning for linear-attention LLMs.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     analyze = commands.add_parser(
@@ -470,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report.md/report.json and figures/ into --out. Demo model: 16 x 512 tokens, seconds on a CPU.",
     )
     _add_model_arguments(analyze)
-    _add_calibration_arguments(analyze)
+    _add_setting_arguments(analyze, CALIBRATION)
     analyze.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     analyze.add_argument("--overwrite", action="store_true", help="replace an earlier output of hf-rankprune there")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -481,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "from the weights and save a model folder that from_pretrained loads, with its plan "
                                 "and model card. A --recipe also evaluates before/after and can push.")  # fmt: skip
     _add_model_arguments(prune)
-    _add_calibration_arguments(prune)
-    _add_pruning_arguments(prune)
+    _add_setting_arguments(prune, CALIBRATION)
+    _add_setting_arguments(prune, PRUNING)
     prune.add_argument("--stats", default=None, help="rank_stats.json from `analyze` (skips calibration)")
     prune.add_argument("--recipe", default=None, metavar="FILE",
                        help="YAML recipe with the model, calibration and pruning settings (flags override it)")
@@ -512,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "lowest-rank heads, random heads over --seeds, JRNP), evaluate each on passkey and "
                                 "perplexity, and say what each costs. Loads the model once per variant.")  # fmt: skip
     _add_model_arguments(probe)
-    _add_calibration_arguments(probe)
-    _add_pruning_arguments(probe)
+    _add_setting_arguments(probe, CALIBRATION)
+    _add_setting_arguments(probe, PRUNING)
     _add_eval_arguments(probe)
     probe.add_argument("--stats", default=None, help="rank_stats.json from `analyze` (skips calibration)")
     probe.add_argument("--probe-heads", type=int, default=None, help="heads removed per variant (default: the budget)")

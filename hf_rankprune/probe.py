@@ -33,7 +33,7 @@ HIGHEST, LOWEST = "highest-rank heads removed", "lowest-rank heads removed"
 
 def probe_variants(config: RankPruneConfig, num_heads: int, seeds: Sequence[int]) -> dict[str, RankPruneConfig]:
     """The configs of every variant, all removing exactly `num_heads` heads under a global budget."""
-    base = config.replace(num_heads=num_heads, ratio=None, target_state_bytes=None, budget="global")
+    base = config.replace(num_heads=num_heads, budget="global")  # the budget: exactly num_heads
     variants = {
         HIGHEST: base.replace(score="rank", direction="saturated"),
         LOWEST: base.replace(score="rank", direction="low_rank"),
@@ -51,10 +51,9 @@ def probe_head_count(adapter, config: RankPruneConfig) -> int:
         from .scoring import uniform_choice
 
         return uniform_choice(adapter, config).removed
-    if config.num_heads is not None:
-        return config.num_heads
-    if config.ratio is not None:
-        return int(round(config.ratio * total))
+    requested = config.heads_to_remove(total)
+    if requested is not None:
+        return requested
     head_bytes = head_state_bytes(adapter.linear_layers())
     before = sum(layer.num_value_heads * size for layer, size in zip(adapter.linear_layers(), head_bytes))
     return int(math.ceil((before - config.target_state_bytes) / max(head_bytes)))

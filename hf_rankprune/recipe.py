@@ -6,7 +6,7 @@ arguments), plus top-level keys for what a run needs besides the modifier:
     description: Paper setting (JRNP, 448 of 1152 heads)   # optional free text
     model: Qwen/Qwen3-Next-80B-A3B-Instruct                 # Hub id or local folder; null = the embedded demo model
     architecture: [qwen3_next]                              # model_type(s) the recipe is for; null = any supported
-    calibration:                                            # RankPruneConfig's calibration fields
+    calibration:                                            # RankPruneConfig's fields of recipe=CALIBRATION
       data: [builtin]                                       # specs as `load_calibration_samples` takes; null = builtin
       num_samples: 64
       seq_len: 2048
@@ -15,7 +15,7 @@ arguments), plus top-level keys for what a run needs besides the modifier:
       seed: 0
     pruning_stage:                                          # exactly one `<name>_stage`
       pruning_modifiers:                                    # exactly one `<name>_modifiers`
-        RankPruningModifier:                                # the only modifier this package runs
+        RankPruningModifier:                                # RankPruneConfig's fields of recipe=MODIFIER
           rank_eps: 1.0e-4
           norm: nuclear
           rank_metric: threshold
@@ -33,49 +33,37 @@ arguments), plus top-level keys for what a run needs besides the modifier:
     output_dir: out/qwen3-next-80b-rp39                     # optional
     push_to_hub: {repo_id: me/Qwen3-Next-80B-A3B-Instruct-rp39, private: true}   # optional
 
-Files are read with a `yaml.SafeLoader` that also reads exponents without a decimal point (`1e-4`) as numbers, as
-YAML 1.2 does (PyYAML's YAML 1.1 rules read them as strings). Every problem raises `RecipeError` (a ValueError)
-whose message names the file and the key path, e.g. ``recipes/x.yaml:
+The keys of both sections are RankPruneConfig's fields, each in the section its `config.setting(recipe=...)`
+declares. Files are read with a `yaml.SafeLoader` that also reads exponents without a decimal point (`1e-4`) as
+numbers, as YAML 1.2 does (PyYAML's YAML 1.1 rules read them as strings). Every problem raises `RecipeError` (a
+ValueError) whose message names the file and the key path, e.g. ``recipes/x.yaml:
 pruning_stage.pruning_modifiers.RankPruningModifier.ratio=1.5 is not allowed: it must lie in (0.0, 1.0).``
+
+Running a recipe is `RankPruner.from_recipe(recipe).run()` (pruner.py); pruning inside training is training.py.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 import yaml
 
-from .config import ConfigError, RankPruneConfig
+from .config import CALIBRATION, MODIFIER, ConfigError, RankPruneConfig, settings_in
 from .errors import RecipeError  # noqa: F401 (re-exported)
 from .utils import shown
 
-if TYPE_CHECKING:
-    from .plan import PrunePlan
-
-logger = logging.getLogger(__name__)
-
 MODIFIER_NAME = "RankPruningModifier"
-CALIBRATION_FIELDS = ("data", "num_samples", "seq_len", "batch_size", "grid_step", "grid", "seed")
-BUDGET_FIELDS = ("ratio", "num_heads", "target_state_bytes")
-MODIFIER_FIELDS = (
-    "rank_eps", "norm", "rank_metric", "time_aggregation", "score", "kl_greedy", "alpha", "direction",
-    *BUDGET_FIELDS, "budget", "min_heads_per_layer", "protected_layers", "layout",
-    "uniform_rounding",
-)  # fmt: skip
+CALIBRATION_FIELDS = tuple(spec.name for spec in settings_in(recipe=CALIBRATION))
+MODIFIER_FIELDS = tuple(spec.name for spec in settings_in(recipe=MODIFIER))
 MODIFIER_EXTRA_FIELDS = ("start_step",)
 TOP_LEVEL_FIELDS = ("description", "model", "architecture", "calibration", "evaluation", "output_dir", "push_to_hub")
-EVALUATION_FIELDS = ("tasks", "lengths", "depths", "num_keys", "context_length", "seed", "window", "max_tokens",
-                     "batch_size")  # fmt: skip
 PUSH_FIELDS = ("repo_id", "private")
-EVALUATION_TASKS = ("perplexity", "passkey", "memory", "speed")  # hf_rankprune.evaluation.api.KNOWN_TASKS
 _STRING_SOURCE = "<recipe>"
 
 
@@ -159,18 +147,16 @@ class Recipe:
     def modifier_path(self) -> str:
         return f"{self.stage}.{self.modifiers_group}.{MODIFIER_NAME}"
 
+    @property
+    def label(self) -> str:
+        """How messages name the recipe: its file, or '<recipe>' for one given as text or data."""
+        return self.source or _STRING_SOURCE
+
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data, in the YAML grammar (`load_recipe(recipe.to_dict()) == recipe`)."""
-        values = self.config.to_dict()
-        calibration = {name: values[name] for name in CALIBRATION_FIELDS}
-        if calibration["grid"] is None:
-            del calibration["grid"]
-        modifier = {name: values[name] for name in MODIFIER_FIELDS if name not in BUDGET_FIELDS}
-        kind = self.config.budget_kind()
-        modifier[kind] = values[kind]
-        modifier = {name: modifier[name] for name in MODIFIER_FIELDS if name in modifier}
-        if not modifier.get("kl_greedy"):  # written only when it is on
-            modifier.pop("kl_greedy", None)
+        """The recipe as plain data, in the YAML grammar (`load_recipe(recipe.to_dict()) == recipe`). Settings that
+        are unset (None: the budgets not in force, no grid, default data) or switches that are off are left out."""
+        calibration = _section(self.config, CALIBRATION)
+        modifier = _section(self.config, MODIFIER)
         if self.start_step is not None:
             modifier["start_step"] = self.start_step
         out: dict[str, Any] = {}
@@ -198,20 +184,34 @@ class Recipe:
 
     def replace(self, **overrides: Any) -> Recipe:
         """A copy with recipe fields and/or config fields replaced (config fields are validated; setting one
-        budget field clears the other two)."""
+        budget field clears the other two, see `RankPruneConfig.replace`)."""
         recipe_fields = {f.name for f in dataclasses.fields(self)} - {"config"}
         own = {k: v for k, v in overrides.items() if k in recipe_fields}
-        config = override_config(self.config, **{k: v for k, v in overrides.items() if k not in recipe_fields})
+        settings = {k: v for k, v in overrides.items() if k not in recipe_fields}
+        config = self.config.replace(**settings) if settings else self.config
         return dataclasses.replace(self, config=config, **own)
+
+
+def _section(config: RankPruneConfig, section: str) -> dict[str, Any]:
+    """The settings of one recipe section as the recipe writes them."""
+    values = {}
+    for spec in settings_in(recipe=section):
+        value = getattr(config, spec.name)
+        if value is not None and not (value is False and spec.default is False):
+            values[spec.name] = copy.deepcopy(value)
+    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # loading and validation
 # ---------------------------------------------------------------------------------------------------------------
-def load_recipe(recipe: Recipe | dict | str | os.PathLike) -> Recipe:
-    """A `Recipe` from a YAML file path, a YAML string, a mapping, or a Recipe (returned as is)."""
+def load_recipe(recipe: Recipe | RankPruneConfig | dict | str | os.PathLike) -> Recipe:
+    """A `Recipe` from a YAML file path, a YAML string, a mapping, a RankPruneConfig (a recipe of just those
+    settings), or a Recipe (returned as is)."""
     if isinstance(recipe, Recipe):
         return recipe
+    if isinstance(recipe, RankPruneConfig):
+        return Recipe(config=recipe)
     if isinstance(recipe, dict):
         return _parse(recipe, _STRING_SOURCE)
     if isinstance(recipe, (str, os.PathLike)):
@@ -321,12 +321,7 @@ def _parse(data: Any, source: str) -> Recipe:
     calibration = {} if calibration is None else _mapping(calibration, "calibration", source)
     _unknown(calibration, CALIBRATION_FIELDS, "calibration", source)
 
-    budgets = [k for k in BUDGET_FIELDS if kwargs.get(k) is not None]
-    if len(budgets) > 1:
-        raise RecipeError(f"{source}: {path} sets {budgets}: give exactly one of {list(BUDGET_FIELDS)}.")
     values = {k: v for k, v in kwargs.items() if k in MODIFIER_FIELDS}
-    if budgets:
-        values.update({k: None for k in BUDGET_FIELDS if k not in budgets})
     values.update(calibration)
     config = _config(values, source, path)
 
@@ -358,7 +353,8 @@ def _config(values: dict, source: str, modifier_path: str) -> RankPruneConfig:
 
 
 def _located(message: str, source: str, modifier_path: str) -> str:
-    """Prefix a ConfigError message ("name=value is not allowed: ...") with the file and the key path."""
+    """Prefix a ConfigError message ("name=value is not allowed: ...") with the file and the key path of the
+    setting's section (a message about several settings, such as the budget rule's, gets the modifier's path)."""
     match = re.match(r"(\w+)=", message)
     if match:
         name = match.group(1)
@@ -388,28 +384,22 @@ def _architecture(value: Any, source: str) -> list[str] | None:
 
 
 def _evaluation(value: Any, source: str) -> dict[str, Any] | None:
+    """The evaluation section, checked by the registry of evaluation tasks: every option given is checked, whichever
+    tasks are chosen (the model's limits are checked when the model is known)."""
+    from .errors import EvaluationError
+    from .evaluation.tasks import check_options, get_tasks, option_defaults
+
     if value is None:
         return None
     value = _mapping(value, "evaluation", source)
-    _unknown(value, EVALUATION_FIELDS, "evaluation", source)
-    tasks = value.get("tasks")
-    if not isinstance(tasks, list) or not tasks or not all(t in EVALUATION_TASKS for t in tasks):
+    _unknown(value, ("tasks", *option_defaults()), "evaluation", source)
+    try:
+        get_tasks(value.get("tasks"))
+        check_options({key: item for key, item in value.items() if key != "tasks"})
+    except EvaluationError as error:
         raise RecipeError(
-            f"{source}: evaluation.tasks={shown(tasks)} is not allowed: give a non-empty list from {list(EVALUATION_TASKS)}."
-        )
-    for key in ("num_keys", "context_length", "seed", "window", "max_tokens", "batch_size"):
-        item = value.get(key)
-        if item is not None and (isinstance(item, bool) or not isinstance(item, int) or item < (0 if key == "seed"
-                                                                                                else 1)):  # fmt: skip
-            raise RecipeError(f"{source}: evaluation.{key}={shown(item)} is not allowed: it must be a positive integer.")
-    lengths = value.get("lengths")
-    if lengths is not None and (not isinstance(lengths, list) or not lengths or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths)):  # fmt: skip
-        raise RecipeError(f"{source}: evaluation.lengths={shown(lengths)} is not allowed: give a list of positive ints.")
-    depths = value.get("depths")
-    if depths is not None and (not isinstance(depths, list) or not depths or not all(
-            isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1 for d in depths)):  # fmt: skip
-        raise RecipeError(f"{source}: evaluation.depths={shown(depths)} is not allowed: give a list of numbers in [0, 1].")
+            f"{source}: evaluation.{error.option}={shown(value.get(error.option))} is not allowed: {error.reason}."
+        ) from None
     return copy.deepcopy(value)
 
 
@@ -430,18 +420,8 @@ def _push_to_hub(value: Any, source: str) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# using a recipe
+# the model a recipe is for
 # ---------------------------------------------------------------------------------------------------------------
-def override_config(config: RankPruneConfig, **overrides: Any) -> RankPruneConfig:
-    """`config.replace(**overrides)`, where setting one budget field (ratio/num_heads/target_state_bytes) clears
-    the other two, so an override of the budget always takes effect. Unknown names raise ConfigError."""
-    overrides = dict(overrides)
-    given = [k for k in BUDGET_FIELDS if overrides.get(k) is not None]
-    if given:
-        overrides.update({k: None for k in BUDGET_FIELDS if k not in given})
-    return config.replace(**overrides) if overrides else config
-
-
 def _model_types(model_or_config: Any) -> list[str]:
     config = getattr(model_or_config, "config", model_or_config)
     if isinstance(config, dict):
@@ -467,188 +447,7 @@ def check_architecture(recipe: Recipe, model_or_config: Any) -> None:
     types = _model_types(model_or_config)
     if not set(types) & set(recipe.architecture):
         raise RecipeError(
-            f"{recipe.source or _STRING_SOURCE}: architecture={recipe.architecture} but the model is model_type="
+            f"{recipe.label}: architecture={recipe.architecture} but the model is model_type="
             f"{types[0] if types else None!r}: this recipe is for another architecture; use a recipe written for "
             "this model (or change architecture:)."
         )
-
-
-def pruner_from_recipe(cls, recipe, model=None, **overrides):
-    """`RankPruner.from_recipe`: the model argument (object, folder or Hub id) wins over the recipe's `model:`;
-    `overrides` are RankPruneConfig fields (win over the recipe) or `device_map`/`torch_dtype`/`tokenizer`."""
-    from .loading import load_config, resolve_model_path
-
-    recipe = load_recipe(recipe)
-    loading = {k: overrides.pop(k) for k in ("device_map", "torch_dtype", "tokenizer") if k in overrides}
-    config = override_config(recipe.config, **overrides)
-    if isinstance(model, torch.nn.Module):
-        check_architecture(recipe, model)
-        pruner = cls.from_pretrained(model, config, **loading)
-    else:
-        path = resolve_model_path(model if model is not None else recipe.model)
-        check_architecture(recipe, load_config(path))  # before any weight is read
-        pruner = cls.from_pretrained(path, config, **loading)
-        pruner.model_name = str(model or recipe.model or path)
-    pruner.recipe = recipe
-    return pruner
-
-
-def _samples(data: Any):
-    """Token-id tensors [N, T] become calibration samples; everything else goes to the pruner as is."""
-    if isinstance(data, torch.Tensor):
-        from .data import CalibrationSamples
-
-        ids = data if data.dim() == 2 else data.reshape(1, -1)
-        return CalibrationSamples(ids.detach().to("cpu", torch.long), ["train"] * ids.shape[0])
-    return data
-
-
-def apply_recipe(model: torch.nn.Module, recipe: Recipe | RankPruneConfig | dict | str | os.PathLike,
-                 tokenizer: Any = None, data: Any = None, optimizer: Any = None) -> PrunePlan:  # fmt: skip
-    """Calibrate `model` (eval mode, no grad), plan and prune it in place under `recipe`; returns the plan relative
-    to the original model. `data`: calibration samples, a [N, T] tensor of token ids, or any spec
-    `load_calibration_samples` takes (default: the recipe's calibration data, tokenised with `tokenizer`).
-    `optimizer` (over `model`'s parameters) follows the pruning: see `retarget_optimizer`."""
-    from .pruner import RankPruner
-    from .surgery import apply_plan, model_plan
-
-    recipe = Recipe(config=recipe) if isinstance(recipe, RankPruneConfig) else load_recipe(recipe)
-    check_architecture(recipe, model)
-    pruner = RankPruner(model, tokenizer, recipe.config)
-    names_before = {id(p): n for n, p in model.named_parameters()}
-    state = parameter_shaped_state(optimizer, model) if optimizer is not None else {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if recipe.config.needs_rank_stats():
-                pruner.calibrate(_samples(data), progress=False)
-            else:  # importance scores (kl, taylor, activation, decay) are measured on the model instead
-                pruner.measure_importance(_samples(data), progress=False, verbose=False)
-            apply_plan(model, pruner.plan(), carry=list(state.values()))
-            plan = model_plan(model)
-    finally:
-        model.train(was_training)
-    if optimizer is not None:
-        retarget_optimizer(optimizer, model, names_before, state)
-    return plan
-
-
-def parameter_shaped_state(optimizer: Any, model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """{state key: {parameter name: tensor}} for the optimizer state shaped like its parameter (Adam's `exp_avg`,
-    `exp_avg_sq`, ...): what `apply_plan(carry=...)` slices along with the weights."""
-    state: dict[str, dict[str, torch.Tensor]] = {}
-    for name, param in model.named_parameters():
-        for key, value in optimizer.state.get(param, {}).items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape == param.shape:
-                state.setdefault(key, {})[name] = value
-    return state
-
-
-def retarget_optimizer(optimizer: Any, model: torch.nn.Module, names_before: dict[int, str],
-                       carried: dict[str, dict[str, torch.Tensor]] | None = None) -> int:  # fmt: skip
-    """After pruning replaced parameters, point `optimizer`'s param groups at the model's new parameters (same
-    names, new tensors) in place, so the Trainer's optimizer and LR scheduler keep working. Returns how many
-    parameters were replaced.
-
-    `carried`: `parameter_shaped_state` taken before pruning and sliced by `apply_plan(carry=...)`. A replaced
-    parameter then keeps the state of its kept heads (moments and step count) instead of restarting from zero, so
-    training goes on where it was rather than with a fresh warm-up of the optimizer statistics.
-    """
-    carried = carried or {}
-    now = dict(model.named_parameters())
-    placed: set[int] = set()
-    scalars: dict[str, dict[str, Any]] = {}  # the replaced parameters' other state (e.g. `step`) by name
-    replaced = 0
-    for group in optimizer.param_groups:
-        params = []
-        for param in group["params"]:
-            name = names_before.get(id(param))
-            new = param if name is None else now.get(name)
-            if new is not param:
-                old_state = optimizer.state.pop(param, {})
-                scalars[name] = {
-                    k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in old_state.items() if k not in carried
-                }
-                replaced += 1
-            if new is not None and id(new) not in placed:
-                params.append(new)
-                placed.add(id(new))
-        group["params"] = params
-    known = set(names_before.values())
-    missing = [p for n, p in now.items() if p.requires_grad and id(p) not in placed and n not in known]
-    if missing and optimizer.param_groups:
-        optimizer.param_groups[0]["params"].extend(missing)
-    before = set(names_before)
-    for name, param in now.items():
-        if id(param) in before or param in optimizer.state or not carried:
-            continue
-        values = {key: tensors.get(name) for key, tensors in carried.items()}
-        if all(value is not None and value.shape == param.shape for value in values.values()):
-            # a renamed parameter (e.g. in_proj_qkvz -> in_proj_qkv) takes the step count of its own layer's
-            nearest = max(scalars, key=lambda old: len(os.path.commonprefix([old, name])), default=None)
-            optimizer.state[param] = {**scalars.get(nearest, {}), **values}
-    return replaced
-
-
-try:  # transformers is a dependency; the callback class is defined only where its base class imports
-    from transformers import TrainerCallback
-except ImportError:  # pragma: no cover
-    TrainerCallback = object  # type: ignore[assignment,misc]
-
-
-class RankPruneCallback(TrainerCallback):
-    """Prune during training with `transformers.Trainer`: after optimizer step `start_step` (0: before the first
-    step) the model is calibrated (eval mode, no grad), pruned in place, and the Trainer's optimizer is pointed at
-    the new parameters, keeping the state (Adam moments, step) of the kept heads; training then continues on the
-    pruned model (recovery fine-tuning).
-
-    Args:
-        recipe_or_config: a Recipe (or its file / YAML / mapping) or a RankPruneConfig.
-        tokenizer: tokenises the recipe's calibration data (default: the Trainer's `processing_class`).
-        data: calibration data (samples, a [N, T] tensor of token ids, or data specs); default: the recipe's.
-        start_step: optimizer step after which to prune; default: the recipe's `start_step`.
-
-    Single-process training only (a DDP/FSDP wrapper holds its own references to the parameters).
-    """
-
-    def __init__(self, recipe_or_config: Any, tokenizer: Any = None, data: Any = None, start_step: int | None = None):
-        if isinstance(recipe_or_config, RankPruneConfig):
-            self.recipe = Recipe(config=recipe_or_config)
-        else:
-            self.recipe = load_recipe(recipe_or_config)
-        step = start_step if start_step is not None else self.recipe.start_step
-        if step is None:
-            raise RecipeError(
-                f"{self.recipe.source or _STRING_SOURCE}: RankPruneCallback needs start_step (pass start_step= or "
-                f"set {self.recipe.modifier_path}.start_step)."
-            )
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise RecipeError(f"start_step={shown(step)} is not allowed: it must be an integer >= 0.")
-        self.start_step = step
-        self.tokenizer = tokenizer
-        self.data = data
-        self.plan = None
-        self.pruned_at_step: int | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.start_step == 0 and state.global_step == 0:
-            self._prune(state, kwargs)
-        return control
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.plan is None and state.global_step == self.start_step:
-            self._prune(state, kwargs)
-        return control
-
-    def _prune(self, state, kwargs: dict) -> None:
-        model = kwargs["model"]
-        optimizer = kwargs.get("optimizer")
-        tokenizer = self.tokenizer if self.tokenizer is not None else kwargs.get("processing_class")
-        self.plan = apply_recipe(model, self.recipe, tokenizer=tokenizer, data=self.data, optimizer=optimizer)
-        self.pruned_at_step = state.global_step
-        logger.info(
-            "RankPruneCallback: removed %s of %s value heads after step %s; the optimizer follows the kept heads.",
-            self.plan.settings.get("removed_value_heads"), self.plan.settings.get("total_value_heads"),
-            state.global_step,
-        )  # fmt: skip

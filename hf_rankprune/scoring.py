@@ -154,23 +154,13 @@ def plan_from_scores(model_or_adapter, scores: list[np.ndarray], config: RankPru
         for position, layer in enumerate(layers)
     }
     requested = _requested_heads(layers, state_bytes, config)
-    settings = {
-        key: getattr(config, key)
-        for key in ("score", "alpha", "direction", "rank_metric", "norm", "rank_eps", "time_aggregation", "budget",
-                    "ratio", "num_heads", "target_state_bytes", "min_heads_per_layer", "protected_layers", "seed",
-                    "layout")
-    }  # fmt: skip
+    settings = config.plan_settings()
     settings["direction"] = direction
     settings["direction_meaning"] = DIRECTION_MEANINGS[direction] + (
         " (high = important: the least important heads go)" if config.score in IMPORTANCE_SCORES
         and direction == "low_rank" else " (high = important: the MOST important heads go)"
         if config.score in IMPORTANCE_SCORES and direction == "saturated" else ""
     )  # fmt: skip
-    if config.score in IMPORTANCE_SCORES:  # rank-statistics settings do not apply
-        for key in ("alpha", "rank_metric", "norm", "rank_eps", "time_aggregation"):
-            settings.pop(key)
-        if config.score == "kl":
-            settings["kl_greedy"] = config.kl_greedy
     measured = dict(measured or {})
     settings.update(
         removed_value_heads=sum(len(r) for r in removed),
@@ -239,13 +229,11 @@ def greedy_budget(model_or_adapter, config: RankPruneConfig):
 def _requested_heads(layers, state_bytes: list[int], config: RankPruneConfig) -> int | None:
     """Heads the budget asks to remove; None for a byte target (resolved while removing)."""
     total = sum(layer.num_value_heads for layer in layers)
-    kind = config.budget_kind()
-    if kind == "num_heads":
-        if config.num_heads >= total:
-            raise PlanError(f"num_heads={config.num_heads} would remove every one of the model's {total} value heads.")
-        return config.num_heads
-    if kind == "ratio":
-        return int(round(config.ratio * total))
+    requested = config.heads_to_remove(total)
+    if config.num_heads is not None and requested >= total:
+        raise PlanError(f"num_heads={config.num_heads} would remove every one of the model's {total} value heads.")
+    if requested is not None:
+        return requested
     before = sum(layer.num_value_heads * size for layer, size in zip(layers, state_bytes))
     if config.target_state_bytes >= before:
         raise PlanError(

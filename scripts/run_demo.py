@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import hf_rankprune
-from hf_rankprune.evaluation import evaluate_model
 from hf_rankprune.loading import DEMO_MODEL_PATH, load_model_and_tokenizer
 from hf_rankprune.probe import render_probe_markdown, run_probe, write_probe
 from hf_rankprune.report import write_report
@@ -165,10 +164,7 @@ def main() -> int:
     start = time.perf_counter()
     recipe = hf_rankprune.load_recipe(args.recipe)
     pruner = hf_rankprune.RankPruner.from_recipe(recipe)
-    pruner.model_name = "hf-rankprune demo model"
     evaluation = dict(recipe.evaluation or {})
-    tasks = evaluation.pop("tasks", ("perplexity", "passkey", "memory", "speed"))
-    evaluation["progress"] = True
 
     with atomic_output_dir(args.out, args.overwrite) as staging:
         print("[1/5] calibrating and analysing state ranks", flush=True)
@@ -177,9 +173,9 @@ def main() -> int:
         print(f"      {analysis['stratification']['low_heads']} low-rank / "
               f"{analysis['stratification']['high_heads']} high-rank heads", flush=True)  # fmt: skip
         print("[2/5] evaluating the original model", flush=True)
-        original = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
+        original = pruner.evaluate()  # the recipe's tasks and settings
         print("[3/5] probing which heads the model can spare", flush=True)
-        probe_kwargs = {k: v for k, v in evaluation.items() if k != "context_length"}
+        probe_kwargs = {k: v for k, v in evaluation.items() if k not in ("tasks", "context_length")}
         probe = run_probe(pruner.model, pruner.tokenizer, stats, pruner.config, eval_kwargs=probe_kwargs, progress=True,
                           model_factory=lambda: load_model_and_tokenizer(str(DEMO_MODEL_PATH))[0])  # fmt: skip
         (staging / "probe").mkdir()
@@ -187,8 +183,7 @@ def main() -> int:
         print(f"      {probe['verdict']}", flush=True)
         print("[4/5] pruning with the demo recipe's settings and evaluating the pruned model", flush=True)
         pruner.prune()
-        pruned = evaluate_model(pruner.model, pruner.tokenizer, tasks, **evaluation)
-        pruner.evaluation_results = {"original": original, "pruned": pruned}
+        pruned = pruner.evaluate()
         print("[5/5] saving the pruned model with its card", flush=True)
         pruner.save_pretrained(staging / "pruned_model")
         results = {"original": original, "pruned": pruned}

@@ -28,16 +28,10 @@ from hf_rankprune.cli import main
 from hf_rankprune.config import RankPruneConfig
 from hf_rankprune.plan import PrunePlan
 from hf_rankprune.pruner import RankPruner
-from hf_rankprune.recipe import (
-    Recipe,
-    RecipeError,
-    apply_recipe,
-    check_architecture,
-    load_recipe,
-    retarget_optimizer,
-)
+from hf_rankprune.recipe import Recipe, RecipeError, check_architecture, load_recipe
 from hf_rankprune.scoring import plan_from_stats
 from hf_rankprune.stats import METRICS, CategoryAccumulator, RankStats
+from hf_rankprune.training import RankPruneCallback, apply_recipe, retarget_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -301,6 +295,18 @@ def test_from_recipe_end_to_end(tiny_model_dir, tmp_path):
         RankPruner.from_recipe(tiny_recipe(tmp_path, tiny_model_dir), model=build_tiny_model("qwen3_next"))
 
 
+def test_run_is_the_whole_pipeline(tiny_model_dir, tmp_path):
+    """`RankPruner.from_recipe(...).run()`: measure, plan, evaluate before and after, prune, save (the CLI's path)."""
+    out = tmp_path / "run"
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, extra=f"evaluation: {{tasks: [memory]}}\noutput_dir: {out}\n")
+    pruner = RankPruner.from_recipe(recipe)
+    result = pruner.run(progress=False)
+    assert result.folder == out and result.commit is None and result.plan.settings["removed_value_heads"] == 6
+    before, after = (result.evaluation[side]["memory.linear_state_bytes"] for side in ("original", "pruned"))
+    assert after == before * 18 // 24 and pruner.evaluation_results is result.evaluation
+    assert "| memory.linear_state_bytes |" in (out / "README.md").read_text()  # the card shows the evaluation
+
+
 def test_cli_prune_with_recipe(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "from_recipe"
     recipe = tiny_recipe(tmp_path, tiny_model_dir, extra=f"output_dir: {out}\n")
@@ -402,8 +408,6 @@ def test_retarget_without_carried_state_restarts_replaced_parameters():
 
 
 def test_callback_needs_a_start_step():
-    from hf_rankprune.recipe import RankPruneCallback
-
     with pytest.raises(RecipeError, match="needs start_step"):
         RankPruneCallback(RankPruneConfig(), tokenizer=None)
     assert RankPruneCallback(recipe_text("start_step: 4")).start_step == 4
