@@ -10,7 +10,8 @@ Used by the plan (and so the CLI, the card and the capacity table), the budgets 
   conv_channels_per_value_head * kept value heads` channels, in the model dtype (transformers keeps all
   `conv_kernel_size` columns);
 - attention caches (`attention_caches`): per group of layers, `elements_per_token` (2 * kv heads * head dim, plus an
-  indexer's keys) times the tokens it keeps: all of them (full, indexed), or at most `window` (sliding).
+  indexer's keys) times the tokens it keeps: all of them (full, indexed), or at most `window` (sliding: the
+  adapter states how many tokens the cache keeps).
 """
 
 from __future__ import annotations

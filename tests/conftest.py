@@ -7,77 +7,19 @@ from pydoc_data.topics import topics
 
 import pytest
 import torch
+from families import COMMON, FAMILIES
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    PreTrainedTokenizerFast,
-    Qwen3_5Config,
-    Qwen3_5ForCausalLM,
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5MoeConfig,
-    Qwen3_5MoeForCausalLM,
-    Qwen3_5MoeForConditionalGeneration,
-    Qwen3_5MoeTextConfig,
-    Qwen3_5TextConfig,
-    Qwen3NextConfig,
-    Qwen3NextForCausalLM,
-)
-
-COMMON = dict(
-    vocab_size=320,
-    hidden_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    linear_conv_kernel_dim=4,
-    linear_key_head_dim=16,
-    linear_value_head_dim=16,
-    linear_num_key_heads=2,
-    linear_num_value_heads=8,
-    layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
-    max_position_embeddings=4096,
-)
-MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
-
-
-# A tiny vision tower: the public Qwen3.5 checkpoints are vision-language models (`*ForConditionalGeneration`)
-VISION = dict(
-    depth=1,
-    hidden_size=32,
-    intermediate_size=64,
-    num_heads=2,
-    out_hidden_size=COMMON["hidden_size"],
-    patch_size=4,
-    temporal_patch_size=2,
-    spatial_merge_size=2,
-    num_position_embeddings=16,
-)
-VISION_TOKENS = dict(image_token_id=310, video_token_id=311, vision_start_token_id=312, vision_end_token_id=313)
+from transformers import PreTrainedTokenizerFast
 
 
 def build_tiny_model(family: str, seed: int = 0, vision: bool = False, **overrides) -> torch.nn.Module:
-    """A randomly initialised fp32 model of `family` ("qwen3_next", "qwen3_5", "qwen3_5_moe") in eval mode: a CausalLM,
-    or with `vision` (Qwen3.5 families) the vision-language model of the public checkpoints."""
+    """A randomly initialised fp32 model of `family` (tests/families/) in eval mode: a CausalLM, or with `vision`
+    (families with a vision-language form) the vision-language model of the public checkpoints."""
     torch.manual_seed(seed)
-    values = dict(COMMON, **overrides)
-    if vision and family not in ("qwen3_5", "qwen3_5_moe"):
+    spec = FAMILIES[family]
+    if vision and not spec.vision:
         raise ValueError(f"{family} has no vision-language form")
-    if family == "qwen3_next":
-        config = Qwen3NextConfig(intermediate_size=128, **MOE, **values)
-        model = Qwen3NextForCausalLM(config)
-    elif family == "qwen3_5" and vision:
-        text = Qwen3_5TextConfig(intermediate_size=128, **values)
-        model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=VISION, **VISION_TOKENS))
-    elif family == "qwen3_5":
-        model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(intermediate_size=128, **values))
-    elif family == "qwen3_5_moe" and vision:
-        text = Qwen3_5MoeTextConfig(**MOE, **values)
-        config = Qwen3_5MoeConfig(text_config=text, vision_config=VISION, **VISION_TOKENS)
-        model = Qwen3_5MoeForConditionalGeneration(config)
-    elif family == "qwen3_5_moe":
-        model = Qwen3_5MoeForCausalLM(Qwen3_5MoeTextConfig(**MOE, **values))
-    else:
-        raise ValueError(family)
+    model = spec.build(dict(COMMON, **overrides), vision)
     _spread_gates(model)
     return model.eval()
 
@@ -91,10 +33,7 @@ def _spread_gates(model: torch.nn.Module) -> None:
                 param.copy_(torch.linspace(-6.0, 1.5, param.numel())[torch.randperm(param.numel(), generator=generator)])
 
 
-FAMILIES = ["qwen3_next", "qwen3_5", "qwen3_5_moe"]
-
-
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=sorted(FAMILIES))
 def family(request) -> str:
     return request.param
 

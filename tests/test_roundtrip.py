@@ -19,6 +19,7 @@ import pytest
 import torch
 from _pruning_reference import PLANS, greedy, zeroed_reference
 from conftest import save_tiny_model
+from families import FAMILIES
 from transformers import AutoConfig
 
 from hf_rankprune.arch import model_geometry
@@ -27,12 +28,10 @@ from hf_rankprune.loading import load_model_and_tokenizer
 from hf_rankprune.plan import PrunePlan
 from hf_rankprune.surgery import apply_plan, model_plan, save_pruned
 
-FORMS = {  # name: (family, vision-language)
-    "next_moe": ("qwen3_next", False),
-    "35_dense": ("qwen3_5", False),
-    "35_moe": ("qwen3_5_moe", False),
-    "35_vl": ("qwen3_5", True),
-    "35_moe_vl": ("qwen3_5_moe", True),
+FORMS = {  # name: (family, vision-language); every family of tests/families/, and its vision-language form
+    f"{name}{'_vl' if vision else ''}": (name, vision)
+    for name, family in sorted(FAMILIES.items())
+    for vision in ((False, True) if family.vision else (False,))
 }
 KINDS = {  # plan kind: (kept value heads per layer, tests/_pruning_reference.py; stock layout)
     "uniform": ("uniform", False),

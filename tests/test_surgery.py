@@ -10,17 +10,16 @@ from _pruning_reference import PLANS, UNIFORM, assert_same_outputs, zeroed_refer
 from conftest import build_tiny_model
 
 from hf_rankprune.arch import get_adapter, model_geometry
+from hf_rankprune.integrations.accelerate import materialised_tensors
 from hf_rankprune.modeling import RankPrunedGatedDeltaNet
 from hf_rankprune.plan import PlanError, PrunePlan
 from hf_rankprune.surgery import apply_plan, model_plan
-
-STOCK_TYPES = {"qwen3_next": "qwen3_next", "qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text"}
 
 
 @pytest.mark.parametrize("kind", list(PLANS))
 def test_pruned_model_equals_zeroed_reference(family, kind):
     model = build_tiny_model(family)
-    stock_class = type(model)
+    stock_class, stock_type = type(model), model.config.model_type
     kept = PLANS[kind]
     reference = zeroed_reference(model, kept)
     plan = PrunePlan.from_kept_heads(model_geometry(model), kept, settings={"kind": kind})
@@ -30,24 +29,27 @@ def test_pruned_model_equals_zeroed_reference(family, kind):
     recorded = model_plan(model)
     assert_same_outputs(model, reference)
 
-    layers = {info.index: info for info in get_adapter(model).linear_layers()}
+    adapter = get_adapter(model)
+    layers = {info.index: info for info in adapter.linear_layers()}
     for layer_plan in plan.layers:
         info = layers[layer_plan.layer]
         assert info.num_value_heads == layer_plan.num_kept_value_heads
         assert info.num_key_heads == layer_plan.num_kept_key_heads
-        attn = info.module
-        assert attn.out_proj.weight.shape[1] == layer_plan.num_kept_value_heads * attn.head_v_dim
-        assert attn.A_log.shape == attn.dt_bias.shape == (layer_plan.num_kept_value_heads,)
-        assert attn.conv1d.weight.shape[0] == 2 * info.num_key_heads * info.key_dim + attn.value_dim
+        weights = adapter.canonical_weights(info.module, materialised_tensors(info.module))
+        for name, axis in adapter.head_axes.items():  # every per-head tensor holds exactly the kept heads
+            if axis is not None:
+                kind_of_head, dim = axis
+                kept_count = info.num_key_heads if kind_of_head == "key" else info.num_value_heads
+                assert weights[name].shape[dim] == kept_count, (name, weights[name].shape)
     assert model.config.rankprune_plan == recorded.to_dict() == plan.to_dict()
     if kind in UNIFORM:
-        assert type(model) is stock_class and model.config.model_type == STOCK_TYPES[family]
+        assert type(model) is stock_class and model.config.model_type == stock_type
         assert not any(isinstance(m, RankPrunedGatedDeltaNet) for m in model.modules())
         first = plan.layers[0]
         assert model.config.linear_num_value_heads == first.num_kept_value_heads
         assert model.config.linear_num_key_heads == first.num_kept_key_heads
     else:
-        assert model.config.model_type == STOCK_TYPES[family] + "_rankpruned"
+        assert model.config.model_type == stock_type + "_rankpruned"
         assert isinstance(model, stock_class)
         assert model.config.linear_num_value_heads == 8 and model.config.linear_num_key_heads == 2
         for layer_plan in plan.layers:

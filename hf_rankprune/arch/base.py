@@ -145,15 +145,18 @@ class LinearAttentionAdapter:
         raise NotImplementedError
 
     def attention_caches(self) -> list[dict]:
-        """The model's attention caches by `layer_types`: full attention keeps every token, sliding attention at most
-        `sliding_window`. Families with other cache kinds (indexers, hybrid layers) extend this."""
+        """The model's attention caches by `layer_types`: full attention (and the attention half of `hybrid` layers)
+        keeps every token, sliding attention its window. Families with other cache kinds (indexers)
+        extend this."""
         config = self.config
         layer_types = list(getattr(config, "layer_types", None) or [])
         heads = getattr(config, "num_attention_heads", None)
         head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 0)
         per_token = 2 * (getattr(config, "num_key_value_heads", None) or 0) * head_dim
         caches = []
-        for kind, window in (("full_attention", None), ("sliding_attention", getattr(config, "sliding_window", None))):
+        window = getattr(config, "sliding_window", None)
+        kept = window - 1 if window else None  # transformers' sliding cache keeps the last sliding_window - 1 tokens
+        for kind, window in (("full_attention", None), ("hybrid", None), ("sliding_attention", kept)):
             layers = [i for i, layer_type in enumerate(layer_types) if layer_type == kind]
             if layers:
                 caches.append({"kind": kind, "layers": layers, "elements_per_token": per_token, "window": window})
