@@ -196,6 +196,7 @@ def save_pruned(
     if max_shard_size is not None:
         save_kwargs["max_shard_size"] = max_shard_size
     with atomic_output_dir(save_directory, overwrite, inputs) as staging:
+        get_adapter(model).prepare_save()
         model.save_pretrained(staging, safe_serialization=True, **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

@@ -10,6 +10,8 @@ import copy
 
 import torch
 
+from hf_rankprune.arch import get_adapter
+
 # Tiny models (tests/conftest.py): linear layers 0, 1, 3; 2 key heads x 8 value heads (key 0 <- values 0-3).
 PLANS = {
     # different counts per layer, as a global budget gives; layer 3 also loses key head 0
@@ -36,17 +38,16 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def zeroed_reference(model: torch.nn.Module, kept: dict[int, list[int]]) -> torch.nn.Module:
-    """A copy of the (unpruned) `model` whose value heads not in `kept[layer]` are zeroed in out_proj."""
+    """A copy of the (unpruned) `model` whose value heads not in `kept[layer]` are zeroed in the output projection
+    (the adapter's `head_output_modules`: `out_proj`, or the family's name for it)."""
     reference = copy.deepcopy(model)
-    for index, layer in enumerate(decoder_layers(reference)):
-        if index not in kept:
+    for layer, projection in get_adapter(reference).head_output_modules():
+        if layer.index not in kept:
             continue
-        attn = layer.linear_attn
-        weight = attn.out_proj.weight
-        columns = weight.view(weight.shape[0], attn.num_v_heads, attn.head_v_dim)
+        columns = projection.weight.view(projection.weight.shape[0], layer.num_value_heads, layer.value_dim)
         with torch.no_grad():
-            for head in range(attn.num_v_heads):
-                if head not in kept[index]:
+            for head in range(layer.num_value_heads):
+                if head not in kept[layer.index]:
                     columns[:, head] = 0
     return reference
 

@@ -211,6 +211,10 @@ class LinearAttentionAdapter:
         """Options of the ragged layer that differ by family, stored in the config (`rankprune_layer_options`)."""
         return {}
 
+    def prepare_save(self) -> None:
+        """Called by `save_pruned` right before `save_pretrained`: a family whose checkpoint conversion needs the
+        model's help to write its on-disk form fixes it here (default: nothing to do)."""
+
     def layer_module(self, layer_index: int) -> nn.Module:
         for info in self.linear_layers():
             if info.index == layer_index:
