@@ -35,12 +35,13 @@ __all__ = [
     "register_task",
     "registered_tasks",
     "task_names",
+    "task_settings",
 ]
 
 SPEED_SPREAD_WARNING = 0.25  # (max - min) / median tokens/s above which the speed runs are reported as disagreeing
 
 Run = Callable[[Any, Any, Mapping[str, Any], bool], dict]  # (model, tokenizer, options, progress) -> figures
-Validate = Callable[[Mapping[str, Any], "int | None"], None]  # (options, max_position_embeddings or None)
+Validate = Callable[[Mapping[str, Any], int | None], None]  # (options, max_position_embeddings or None)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def registered_tasks() -> Mapping[str, EvaluationTask]:
 
 
 def task_names() -> tuple[str, ...]:
+    """The registered task names, in registration order."""
     return tuple(_TASKS)
 
 
