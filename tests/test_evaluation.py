@@ -12,11 +12,14 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
+from hf_rankprune.arch import model_geometry
 from hf_rankprune.errors import EvaluationError
 from hf_rankprune.evaluation import KNOWN_TASKS, evaluate_model, load_metric, register_task, registered_tasks
 from hf_rankprune.evaluation import passkey as pk
 from hf_rankprune.evaluation.api import greedy_generate, memory_layers, token_log_probs
 from hf_rankprune.evaluation.tasks import check_options, get_tasks, option_defaults, task_names
+from hf_rankprune.plan import PrunePlan
+from hf_rankprune.surgery import apply_plan, model_plan
 
 DEMO = Path(__file__).resolve().parents[1] / "hf_rankprune" / "assets" / "demo_model"
 
@@ -176,7 +179,7 @@ def test_memory_of_tiny_config_by_hand():
     T = 1000
     out = evaluate_model(model, None, tasks=("memory",), context_length=T, batch_size=2)
     linear = 3 * 8 * 16 * 16 * 4
-    conv = 3 * (2 * 2 * 16 + 8 * 16) * (4 - 1) * 4  # conv channels [q|k|v], kernel 4, fp32
+    conv = 3 * (2 * 2 * 16 + 8 * 16) * 4 * 4  # conv channels [q|k|v] x all 4 kernel columns (the cache keeps them), fp32
     kv = 2 * 2 * 16 * T * 4  # keys + values, fp32 model
     assert out["memory.linear_state_bytes"] == 2 * linear
     assert out["memory.conv_state_bytes"] == 2 * conv
@@ -191,19 +194,19 @@ def test_memory_of_tiny_config_by_hand():
     assert bf16["memory.kv_cache_bytes"] == kv // 2 and bf16["memory.linear_state_bytes"] == linear
 
 
-def test_memory_reads_per_layer_head_counts_of_pruned_modules():
+def test_memory_of_a_ragged_model_is_the_plans_figure():
+    """Evaluation and the plan use one formula: the pruned model measured as it is agrees with its plan."""
     model = build_tiny_model("qwen3_5")
-    layers = model.model.layers
-    # what a ragged pruning leaves behind: per-layer head counts on the modules, config untouched
-    layers[0].linear_attn.num_v_heads = 5
-    layers[1].linear_attn.num_v_heads = 2
-    layers[1].linear_attn.num_k_heads = 1
-    layers[2].self_attn.k_proj = torch.nn.Linear(64, 1 * 16, bias=False)  # one KV head left
-    rows = memory_layers(model)
-    assert [r["num_heads"] for r in rows] == [5, 2, 1, 8]
+    plan = PrunePlan.from_kept_heads(model_geometry(model), {0: [0, 1, 2, 3, 5], 1: [0, 4], 3: list(range(8))})
+    apply_plan(model, plan)
+    rows = memory_layers(model, 100)
+    assert [r["num_heads"] for r in rows] == [5, 2, 0, 8] and rows[2]["layer_types"] == "full_attention"
     out = evaluate_model(model, None, tasks=("memory",), context_length=100)
-    assert out["memory.linear_state_bytes"] == (5 + 2 + 8) * 16 * 16 * 4
-    assert out["memory.kv_cache_bytes"] == 2 * 1 * 16 * 100 * 4
+    memory = model_plan(model).memory(context_length=100)
+    assert out["memory.linear_state_bytes"] == memory.state_bytes_after == (5 + 2 + 8) * 16 * 16 * 4
+    assert out["memory.conv_state_bytes"] == memory.conv_bytes_after
+    assert out["memory.kv_cache_bytes"] == memory.kv_cache_bytes == 2 * 2 * 16 * 100 * 4
+    assert out["memory.total_bytes"] == memory.total_bytes_after
     assert out["memory.linear_value_heads"] == 15
 
 

@@ -195,53 +195,25 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool):
 
 
 # --------------------------------------------------------------------------------------------- memory
-def memory_layers(model) -> list[dict]:
-    """One row per layer with a cache: its kind and head geometry, read from the modules themselves
-    (`num_v_heads`, `head_k_dim`, `head_v_dim` of linear-attention modules; `k_proj` / `head_dim` of attention),
-    so pruned models with per-layer head counts are measured as they are."""
-    rows = []
-    for _, module in model.named_modules():
-        if all(hasattr(module, a) for a in ("num_v_heads", "head_k_dim", "head_v_dim")):
-            conv = getattr(module, "conv1d", None)
-            conv_dim = getattr(module, "conv_dim", None)
-            if conv_dim is None and conv is not None:
-                conv_dim = conv.weight.shape[0]
-            kernel = getattr(module, "conv_kernel_size", None)
-            if kernel is None and conv is not None:
-                kernel = conv.kernel_size[0]
-            rows.append(
-                {
-                    "layer_types": "linear_attention",
-                    "num_heads": int(module.num_v_heads),
-                    "head_k_dim": int(module.head_k_dim),
-                    "head_v_dim": int(module.head_v_dim),
-                    "conv_dims": int(conv_dim or 0),
-                    "conv_kernels": int(kernel or 0),
-                }
-            )
-        elif hasattr(module, "k_proj") and hasattr(module, "v_proj") and hasattr(module, "head_dim"):
-            head_dim = int(module.head_dim)
-            kv_heads = module.k_proj.out_features // head_dim
-            rows.append(
-                {
-                    "layer_types": "full_attention",
-                    "num_heads": int(kv_heads),
-                    "head_k_dim": head_dim,
-                    "head_v_dim": head_dim,
-                    "conv_dims": 0,
-                    "conv_kernels": 0,
-                }
-            )
-    if not rows:
-        raise ValueError("found no linear-attention or attention modules in the model")
-    return rows
+def memory_layers(
+    model, context_length: int, batch_size: int = 1, state_dtype_bytes: int = 4, kv_dtype_bytes: int | None = None
+) -> list[dict]:
+    """One row per layer with a cache, with its bytes for `batch_size` sequences of `context_length` tokens, from the
+    one memory formula (`hf_rankprune.memory`) on the model's geometry as it is (per-layer head counts of pruned
+    models included). Attention caches and conv states are in the model's dtype unless `kv_dtype_bytes` is given."""
+    from ..arch import get_adapter
+    from ..memory import model_memory_layers
+
+    geometry = get_adapter(model).geometry()
+    kv_dtype = DTYPE_OF_SIZE[kv_dtype_bytes] if kv_dtype_bytes else None
+    rows = model_memory_layers(
+        geometry, context_length, batch_size, DTYPE_OF_SIZE[state_dtype_bytes], kv_dtype=kv_dtype, conv_dtype=kv_dtype
+    )
+    return [{"layer_types": row["kind"], **{key: row[key] for key in _MEMORY_COLUMNS}} for row in rows]
 
 
-def _dtype_bytes(model) -> int:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.element_size()
-    return 4
+_MEMORY_COLUMNS = ("num_heads", "state_bytes", "conv_bytes", "cache_bytes")
+DTYPE_OF_SIZE = {1: "float8_e4m3fn", 2: "bfloat16", 4: "float32", 8: "float64"}
 
 
 # ---------------------------------------------------------------------------------------------- speed
@@ -293,9 +265,9 @@ def evaluate_model(model, tokenizer, tasks: str | Sequence[str] | None = None, *
       needle; default (512, 1024) x (0.1, 0.3, 0.5, 0.7, 0.9)), keys of `num_digits` digits drawn from `seed`,
       greedy cached decoding; exact match of the first digits generated. Keys: accuracy, accuracy@<length>,
       accuracy@depth<depth>, num_examples, num_examples@<length>.
-    - memory: linear-state, conv-state and KV-cache bytes for `batch_size` sequences at `context_length`
-      (default: max(lengths)), head counts read per layer from the modules; `kv_dtype_bytes` (default: the model's)
-      and `state_dtype_bytes` (default 4). Keys: linear_state_bytes, conv_state_bytes, kv_cache_bytes,
+    - memory: linear-state, conv-state and attention-cache bytes for `batch_size` sequences at `context_length`
+      (default: max(lengths)), from the one memory formula on the model's geometry (the same figures as the
+      plan's); `kv_dtype_bytes` (default: the model's) and `state_dtype_bytes` (default 4). Keys: linear_state_bytes, conv_state_bytes, kv_cache_bytes,
       total_bytes, linear_value_heads, ...
     - speed: median decode tokens/s over `speed_runs` runs (default 5) of `speed_new_tokens` greedy tokens (32)
       after a `speed_prompt_length`-token prompt (128), with the spread (min, max); runs that disagree by more than

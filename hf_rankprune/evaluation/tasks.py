@@ -266,6 +266,9 @@ def _check_memory(options: Mapping[str, Any], max_positions: int | None) -> None
     _check_int(options, "batch_size", 1)
     _check_int(options, "kv_dtype_bytes", 1, optional=True)
     _check_int(options, "state_dtype_bytes", 1)
+    for name in ("kv_dtype_bytes", "state_dtype_bytes"):
+        if options[name] is not None and options[name] not in api.DTYPE_OF_SIZE:
+            raise _bad(name, options[name], f"give one of {sorted(api.DTYPE_OF_SIZE)} (bytes per element)")
 
 
 @register_task(
@@ -278,13 +281,15 @@ def _check_memory(options: Mapping[str, Any], max_positions: int | None) -> None
     is_score=False,
 )
 def _memory(model, tokenizer, options: Mapping[str, Any], progress: bool) -> dict:
-    rows = api.memory_layers(model)
     context_length = options["context_length"]
+    context_length = int(context_length if context_length is not None else max(options["lengths"]))
+    rows = api.memory_layers(
+        model, context_length, options["batch_size"], options["state_dtype_bytes"], options["kv_dtype_bytes"]
+    )
     return dict(api.load_metric("memory").compute(
         **{k: [r[k] for r in rows] for k in rows[0]},
-        context_length=int(context_length if context_length is not None else max(options["lengths"])),
+        context_length=context_length,
         batch_size=options["batch_size"],
-        kv_dtype_bytes=options["kv_dtype_bytes"] or api._dtype_bytes(model),
         state_dtype_bytes=options["state_dtype_bytes"],
     ))  # fmt: skip
 
