@@ -1,0 +1,48 @@
+"""Qwen4-Exp (text or vision-language checkpoints): Qwen3.5's contiguous gated delta net, with two differences.
+
+- The gated norm's activation is `output_gate_type` ("sigmoid" or "silu"; unset: `hidden_act`), which the ragged
+  layer takes from `rankprune_layer_options`.
+- The attention layers are `indexed_attention`: full K/V for every token, plus the keys of a QSA indexer
+  (`Qwen4ExpTextQSAIndexer`, one key head of `indexer_head_dim`) cached per token by `cache.update_indexer`.
+
+Hyper-connections and PLE n-gram layers sit around the linear layer (it still maps `hidden_size` to `hidden_size`) and
+PLE uses conv states 1 and 2 of the linear layers' caches (the gated delta net uses state 0), so neither needs
+anything here. The checkpoint conversion of `qwen4_exp_text` touches only MoE experts and n-gram shards.
+"""
+
+from __future__ import annotations
+
+from transformers.models.qwen4_exp import modeling_qwen4_exp
+
+from .gated_deltanet import GatedDeltaNetAdapter
+from .registry import register_adapter
+
+
+@register_adapter
+class Qwen4ExpAdapter(GatedDeltaNetAdapter):
+    model_types = ("qwen4_exp", "qwen4_exp_text")
+    ragged_model_classes = (
+        modeling_qwen4_exp.Qwen4ExpForCausalLM,
+        modeling_qwen4_exp.Qwen4ExpForConditionalGeneration,
+    )
+    modeling_modules = (modeling_qwen4_exp,)
+
+    def stock_layer_classes(self):
+        return (modeling_qwen4_exp.Qwen4ExpTextGatedDeltaNet,)
+
+    def ragged_layer_options(self):
+        return {"gate_activation": self.config.output_gate_type or self.config.hidden_act}
+
+    def attention_caches(self):
+        """Full attention's caches by `layer_types`, and the `indexed_attention` layers: every token's K/V
+        (2 * num_key_value_heads * head_dim, `cache.update`) and its QSA indexer key (indexer_kv_heads *
+        indexer_head_dim, `cache.update_indexer`)."""
+        config = self.config
+        caches = super().attention_caches()
+        layers = [i for i, kind in enumerate(config.layer_types) if kind == "indexed_attention"]
+        if layers:
+            kv = 2 * config.num_key_value_heads * config.head_dim
+            indexer = int(config.indexer_kv_heads or 0) * int(config.indexer_head_dim or 0)
+            caches.append({"kind": "indexed_attention", "layers": layers, "elements_per_token": kv + indexer,
+                           "window": None})  # fmt: skip
+        return caches
