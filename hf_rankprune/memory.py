@@ -71,14 +71,33 @@ def attention_caches(model_info: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"kind": "full_attention", "layers": list(layers), "elements_per_token": per_token, "window": None}]
 
 
+def attention_layer_bytes(cache: Mapping[str, Any], context_length: int, batch_size: int, dtype) -> int:
+    """Bytes of one layer of the attention cache group `cache` for `batch_size` sequences of `context_length` tokens."""
+    window = cache.get("window")
+    tokens = min(int(context_length), int(window)) if window else int(context_length)
+    return batch_size * int(cache["elements_per_token"]) * tokens * dtype_bytes(dtype)
+
+
 def attention_cache_bytes(model_info: Mapping[str, Any], context_length: int, batch_size: int, dtype) -> int:
     """Bytes of every attention cache for `batch_size` sequences of `context_length` tokens."""
-    size, total = dtype_bytes(dtype), 0
-    for cache in attention_caches(model_info):
-        window = cache.get("window")
-        tokens = min(int(context_length), int(window)) if window else int(context_length)
-        total += len(cache["layers"]) * int(cache["elements_per_token"]) * tokens * batch_size * size
-    return total
+    caches = attention_caches(model_info)
+    return sum(len(cache["layers"]) * attention_layer_bytes(cache, context_length, batch_size, dtype) for cache in caches)
+
+
+def linear_layer_bytes(
+    model_info: Mapping[str, Any], layer: Any, key_heads: int, value_heads: int, batch_size: int, state_dtype, conv_dtype
+) -> tuple[int, int]:
+    """(recurrent state, convolution state) bytes of a linear layer with `key_heads` / `value_heads` heads, for
+    `batch_size` sequences."""
+    state = batch_size * value_heads * state_elements_per_head(layer) * dtype_bytes(state_dtype)
+    kernel = int(model_info.get("conv_kernel_size") or 0)
+    conv = batch_size * conv_channels(model_info, layer, key_heads, value_heads) * kernel * dtype_bytes(conv_dtype)
+    return state, conv
+
+
+def _model_dtype(model_info: Mapping[str, Any], dtype):
+    """`dtype`, or the model dtype `model_info` records (conv states and attention caches are kept in it)."""
+    return dtype if dtype is not None else (model_info.get("dtype") or "float32")
 
 
 @dataclass
@@ -159,25 +178,16 @@ def plan_memory(
     """Memory of the original (`*_before`) and pruned (`*_after`) model of `plan` (a `PrunePlan`); conv and
     attention caches default to the model dtype the plan records."""
     info = plan.model_info
-    model_dtype = info.get("dtype") or "float32"
-    kv_dtype = kv_dtype if kv_dtype is not None else model_dtype
-    conv_dtype = conv_dtype if conv_dtype is not None else model_dtype
-    state_size, conv_size = dtype_bytes(state_dtype), dtype_bytes(conv_dtype)
-    kernel = int(info.get("conv_kernel_size") or 0)
+    kv_dtype, conv_dtype = _model_dtype(info, kv_dtype), _model_dtype(info, conv_dtype)
     layers = []
     for layer in plan.layers:
-        per_head = state_elements_per_head(layer) * state_size * batch_size
-        conv_before = conv_channels(info, layer, layer.num_key_heads, layer.num_value_heads)
-        conv_after = conv_channels(info, layer, layer.num_kept_key_heads, layer.num_kept_value_heads)
-        layers.append(
-            LayerMemory(
-                layer=layer.layer,
-                state_bytes_before=layer.num_value_heads * per_head,
-                state_bytes_after=layer.num_kept_value_heads * per_head,
-                conv_bytes_before=batch_size * conv_before * kernel * conv_size,
-                conv_bytes_after=batch_size * conv_after * kernel * conv_size,
-            )
+        state_before, conv_before = linear_layer_bytes(
+            info, layer, layer.num_key_heads, layer.num_value_heads, batch_size, state_dtype, conv_dtype
         )
+        state_after, conv_after = linear_layer_bytes(
+            info, layer, layer.num_kept_key_heads, layer.num_kept_value_heads, batch_size, state_dtype, conv_dtype
+        )
+        layers.append(LayerMemory(layer.layer, state_before, state_after, conv_before, conv_after))
     return PlanMemory(
         context_length=int(context_length),
         batch_size=int(batch_size),
@@ -205,35 +215,19 @@ def model_memory_layers(
     models included): its kind, heads and bytes of recurrent state, convolution state and attention cache for
     `batch_size` sequences of `context_length` tokens. Conv and attention caches default to the model dtype."""
     info = geometry.model_info
-    model_dtype = info.get("dtype") or "float32"
-    kv_size = dtype_bytes(kv_dtype if kv_dtype is not None else model_dtype)
-    conv_size = dtype_bytes(conv_dtype if conv_dtype is not None else model_dtype)
-    state_size, kernel = dtype_bytes(state_dtype), int(info.get("conv_kernel_size") or 0)
+    kv_dtype, conv_dtype = _model_dtype(info, kv_dtype), _model_dtype(info, conv_dtype)
     rows = []
     for layer in geometry.layers:
-        channels = conv_channels(info, layer, layer.num_key_heads, layer.num_value_heads)
-        rows.append(
-            {
-                "layer": layer.index,
-                "kind": "linear_attention",
-                "num_heads": layer.num_value_heads,
-                "state_bytes": batch_size * layer.num_value_heads * state_elements_per_head(layer) * state_size,
-                "conv_bytes": batch_size * channels * kernel * conv_size,
-                "cache_bytes": 0,
-            }
+        state, conv = linear_layer_bytes(
+            info, layer, layer.num_key_heads, layer.num_value_heads, batch_size, state_dtype, conv_dtype
         )
+        rows.append(_row(layer.index, "linear_attention", layer.num_value_heads, state, conv, 0))
     for cache in attention_caches(info):
-        window = cache.get("window")
-        tokens = min(int(context_length), int(window)) if window else int(context_length)
-        for index in cache["layers"]:
-            rows.append(
-                {
-                    "layer": index,
-                    "kind": cache["kind"],
-                    "num_heads": 0,
-                    "state_bytes": 0,
-                    "conv_bytes": 0,
-                    "cache_bytes": batch_size * int(cache["elements_per_token"]) * tokens * kv_size,
-                }
-            )
+        cache_bytes = attention_layer_bytes(cache, context_length, batch_size, kv_dtype)
+        rows.extend(_row(index, cache["kind"], 0, 0, 0, cache_bytes) for index in cache["layers"])
     return sorted(rows, key=lambda row: row["layer"])
+
+
+def _row(layer: int, kind: str, num_heads: int, state_bytes: int, conv_bytes: int, cache_bytes: int) -> dict[str, Any]:
+    return {"layer": layer, "kind": kind, "num_heads": num_heads, "state_bytes": state_bytes,
+            "conv_bytes": conv_bytes, "cache_bytes": cache_bytes}  # fmt: skip

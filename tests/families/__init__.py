@@ -30,6 +30,18 @@ COMMON = dict(
     max_position_embeddings=4096,
 )
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
+VISION = dict(  # a tiny vision tower (the Qwen vision-language forms)
+    depth=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=COMMON["hidden_size"],
+    patch_size=4,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+    num_position_embeddings=16,
+)
+VISION_TOKENS = dict(image_token_id=310, video_token_id=311, vision_start_token_id=312, vision_end_token_id=313)
 
 
 @dataclass(frozen=True)

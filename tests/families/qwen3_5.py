@@ -11,20 +11,7 @@ from transformers import (
     Qwen3_5TextConfig,
 )
 
-from . import COMMON, MOE, TinyFamily, register
-
-VISION = dict(  # a tiny vision tower
-    depth=1,
-    hidden_size=32,
-    intermediate_size=64,
-    num_heads=2,
-    out_hidden_size=COMMON["hidden_size"],
-    patch_size=4,
-    temporal_patch_size=2,
-    spatial_merge_size=2,
-    num_position_embeddings=16,
-)
-VISION_TOKENS = dict(image_token_id=310, video_token_id=311, vision_start_token_id=312, vision_end_token_id=313)
+from . import MOE, VISION, VISION_TOKENS, TinyFamily, register
 
 
 def build_dense(values: dict, vision: bool):
