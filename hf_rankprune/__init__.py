@@ -1,11 +1,10 @@
-"""hf_rankprune: state-rank analysis and head pruning for linear-attention LLMs (Qwen3-Next, Qwen3.5).
+"""hf_rankprune: state-rank analysis and head pruning for linear-attention LLMs (`supported_model_types()`).
 
-Importing the package registers the ragged-pruned model types with transformers' Auto classes, so
-`AutoModelForCausalLM.from_pretrained` loads pruned checkpoints.
+Importing the package registers every family's ragged-pruned model types with transformers' Auto classes (the
+adapters' registry, `hf_rankprune.arch`), so `AutoModelForCausalLM.from_pretrained` loads pruned checkpoints.
 """
 
-from . import modeling  # noqa: F401  (registers `*_rankpruned` model types with the Auto classes)
-from .arch import AdapterError, get_adapter, supported_model_types
+from .arch import AdapterError, get_adapter, model_geometry, supported_model_types
 from .calibrate import CalibrationError, NonFiniteStateError, calibrate, observe_states
 from .config import ConfigError, RankPruneConfig
 from .data import (
@@ -60,6 +59,7 @@ __all__ = [
     "check_architecture",
     "describe_samples",
     "get_adapter",
+    "model_geometry",
     "head_scores",
     "importance_scores",
     "load_calibration_samples",
