@@ -10,8 +10,6 @@ import copy
 
 import torch
 
-from hf_rankprune.arch import get_adapter
-
 # Tiny models (tests/conftest.py): linear layers 0, 1, 3; 2 key heads x 8 value heads (key 0 <- values 0-3).
 PLANS = {
     # different counts per layer, as a global budget gives; layer 3 also loses key head 0
@@ -40,6 +38,8 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 def zeroed_reference(model: torch.nn.Module, kept: dict[int, list[int]]) -> torch.nn.Module:
     """A copy of the (unpruned) `model` whose value heads not in `kept[layer]` are zeroed in the output projection
     (the adapter's `head_output_modules`: `out_proj`, or the family's name for it)."""
+    from hf_rankprune.arch import get_adapter  # here: fresh processes that must not import hf_rankprune use greedy()
+
     reference = copy.deepcopy(model)
     for layer, projection in get_adapter(reference).head_output_modules():
         if layer.index not in kept:
