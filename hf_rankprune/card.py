@@ -24,6 +24,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import IMPORTANCE_SCORES, SETTINGS, cli_flag, value_type
 from .errors import ModelCardError  # noqa: F401 (re-exported)
+from .memory import attention_caches
 from .plan import PrunePlan
 from .version import __version__
 
@@ -61,6 +62,19 @@ TAGS = ("hf_rankprune", "pruned", "linear-attention")
 
 
 # ------------------------------------------------------------------------------------------------ building
+
+
+def attention_layers_text(model_info: Mapping[str, Any]) -> str:
+    """The model's attention layers by cache kind, e.g. "1 full-attention layer" or "2 sliding-attention layers"."""
+    layers_by_kind: dict[str, set[int]] = {}
+    for cache in attention_caches(model_info):
+        layers_by_kind.setdefault(cache["kind"], set()).update(cache["layers"])
+    parts = []
+    for kind, layers in layers_by_kind.items():
+        if layers:
+            name = kind.removesuffix("_attention").replace("_", "-")
+            parts.append(f"{len(layers)} {name}-attention layer{'s' if len(layers) != 1 else ''}")
+    return ", ".join(parts)
 
 
 def build_model_card(
@@ -137,7 +151,7 @@ def build_model_card(
         "base_model_name": base_model_name or "unknown (not a Hub model)",
         "model_type": plan.model_type,
         "num_linear_layers": len(plan.layers),
-        "num_full_layers": len(info.get("full_attention_layers") or []),
+        "attention_layers": attention_layers_text(info),
         "removed_heads": plan.num_removed_value_heads,
         "total_heads": plan.num_value_heads,
         "removed_percent": percent,

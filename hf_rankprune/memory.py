@@ -10,7 +10,7 @@ Used by the plan (and so the CLI, the card and the capacity table), the budgets 
   conv_channels_per_value_head * kept value heads` channels, in the model dtype (transformers keeps all
   `conv_kernel_size` columns);
 - attention caches (`attention_caches`): per group of layers, `elements_per_token` (2 * kv heads * head dim, plus an
-  indexer's keys) times the tokens it keeps: all of them (full, indexed), or at most `window` (sliding: the
+  indexer's keys; a group may name its own `dtype`, e.g. int64 position ids) times the tokens it keeps: all of them (full, indexed), or at most `window` (sliding: the
   adapter states how many tokens the cache keeps).
 """
 
@@ -72,10 +72,11 @@ def attention_caches(model_info: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def attention_layer_bytes(cache: Mapping[str, Any], context_length: int, batch_size: int, dtype) -> int:
-    """Bytes of one layer of the attention cache group `cache` for `batch_size` sequences of `context_length` tokens."""
+    """Bytes of one layer of the attention cache group `cache` for `batch_size` sequences of `context_length` tokens,
+    in `dtype` unless the group names its own (`"dtype"`: bookkeeping such as int64 position ids)."""
     window = cache.get("window")
     tokens = min(int(context_length), int(window)) if window else int(context_length)
-    return batch_size * int(cache["elements_per_token"]) * tokens * dtype_bytes(dtype)
+    return batch_size * int(cache["elements_per_token"]) * tokens * dtype_bytes(cache.get("dtype") or dtype)
 
 
 def attention_cache_bytes(model_info: Mapping[str, Any], context_length: int, batch_size: int, dtype) -> int:
@@ -222,10 +223,12 @@ def model_memory_layers(
             info, layer, layer.num_key_heads, layer.num_value_heads, batch_size, state_dtype, conv_dtype
         )
         rows.append(_row(layer.index, "linear_attention", layer.num_value_heads, state, conv, 0))
+    attention: dict[int, dict[str, Any]] = {}  # one row per layer, whatever groups its cache is counted in
     for cache in attention_caches(info):
         cache_bytes = attention_layer_bytes(cache, context_length, batch_size, kv_dtype)
-        rows.extend(_row(index, cache["kind"], 0, 0, 0, cache_bytes) for index in cache["layers"])
-    return sorted(rows, key=lambda row: row["layer"])
+        for index in cache["layers"]:
+            attention.setdefault(index, _row(index, cache["kind"], 0, 0, 0, 0))["cache_bytes"] += cache_bytes
+    return sorted([*rows, *attention.values()], key=lambda row: row["layer"])
 
 
 def _row(layer: int, kind: str, num_heads: int, state_bytes: int, conv_bytes: int, cache_bytes: int) -> dict[str, Any]:

@@ -61,6 +61,8 @@ def test_whole_job_on_every_family(family, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     card = (out / "README.md").read_text()
     assert "6 of 24" in card or "6/24" in card, card[:2000]
+    attention = model.config.get_text_config().layer_types[2].removesuffix("_attention").replace("_", "-")
+    assert f"(3 linear-attention layers, 1 {attention}-attention layer)" in card  # full, sliding or indexed
     reloaded, _ = load_model_and_tokenizer(str(out))
     assert PrunePlan.from_json_file(out / "prune_plan.json").num_kept_value_heads == 18
     assert reloaded.config.get_text_config().model_type.startswith(model.config.get_text_config().model_type)

@@ -41,16 +41,17 @@ def test_memory_formula_matches_the_real_cache(vision):
     model = build_tiny_model("qwen4_exp", vision=vision)
     info = get_adapter(model).model_info()
     config = model.config.get_text_config()
-    (indexed,) = info["attention_caches"]
+    indexed, positions = info["attention_caches"]
     per_token = 2 * config.num_key_value_heads * config.head_dim + config.indexer_kv_heads * config.indexer_head_dim
     assert indexed == {"kind": "indexed_attention", "layers": [2], "elements_per_token": per_token, "window": None}
+    assert positions["elements_per_token"] == 3 and positions["dtype"] == "int64"
 
     plan = PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"])
     memory = plan.memory(context_length=TOKENS, batch_size=BATCH, state_dtype="float32")
     before = cache_bytes(model)
-    assert memory.kv_cache_bytes == before["kv"]
+    assert memory.kv_cache_bytes == before["kv"] + before["indexer_positions"]
     assert memory.state_bytes_before == before["state"] and memory.conv_bytes_before == before["conv"]
-    # not in the formula: the indexers' shared 3-D position ids (int64), kept once per model on the first indexed layer
+    # the indexers' shared 3-D position ids (int64), kept once per model on the first indexed layer
     assert before["indexer_positions"] == 3 * BATCH * TOKENS * 8
 
     apply_plan(model, plan)
@@ -121,5 +122,6 @@ def test_recipe_makes_a_stock_uniform_plan_on_the_default_geometry():
     assert all(la.num_kept_value_heads == 16 and la.num_kept_key_heads == 16 for la in plan.layers)
     memory = plan.memory(context_length=recipe.config.seq_len, state_dtype="float32")
     assert memory.state_reduction == pytest.approx(0.5)
-    # 10 indexed layers: K/V (2 x 2 kv heads x 256) and the indexer's key (256) per token, in the model dtype
-    assert memory.kv_cache_bytes == 10 * (2 * 2 * 256 + 256) * 2048 * 4
+    # 10 indexed layers: K/V (2 x 2 kv heads x 256) and the indexer's key (256) per token, in the model dtype; and
+    # the indexers' position ids (3 int64 per token, once)
+    assert memory.kv_cache_bytes == 10 * (2 * 2 * 256 + 256) * 2048 * 4 + 3 * 2048 * 8

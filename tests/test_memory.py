@@ -16,10 +16,10 @@ from hf_rankprune.surgery import apply_plan
 
 
 def cache_tensors(value, seen=None):
-    """Every floating tensor reachable from a cache object (its layers' dicts, lists and attributes), each once."""
+    """Every tensor (but scalars) reachable from a cache object (its layers' dicts, lists and attributes), each once."""
     seen = set() if seen is None else seen
     if isinstance(value, torch.Tensor):
-        if value.is_floating_point() and id(value) not in seen:  # not the int bookkeeping (window sizes)
+        if value.dim() > 0 and id(value) not in seen:  # not scalar bookkeeping (a window size)
             seen.add(id(value))
             yield value
     elif isinstance(value, dict):

@@ -36,7 +36,7 @@ class Qwen4ExpAdapter(GatedDeltaNetAdapter):
     def attention_caches(self):
         """Full attention's caches by `layer_types`, and the `indexed_attention` layers: every token's K/V
         (2 * num_key_value_heads * head_dim, `cache.update`) and its QSA indexer key (indexer_kv_heads *
-        indexer_head_dim, `cache.update_indexer`)."""
+        indexer_head_dim, `cache.update_indexer`), plus the indexers' int64 position ids (3 per token, once)."""
         config = self.config
         caches = super().attention_caches()
         layers = [i for i, kind in enumerate(config.layer_types) if kind == "indexed_attention"]
@@ -45,4 +45,7 @@ class Qwen4ExpAdapter(GatedDeltaNetAdapter):
             indexer = int(config.indexer_kv_heads or 0) * int(config.indexer_head_dim or 0)
             caches.append({"kind": "indexed_attention", "layers": layers, "elements_per_token": kv + indexer,
                            "window": None})  # fmt: skip
+            # the indexers' shared 3-D position ids, int64, kept once per model on the first indexed layer's cache
+            caches.append({"kind": "indexed_attention", "layers": layers[:1], "elements_per_token": 3, "window": None,
+                           "dtype": "int64"})  # fmt: skip
         return caches
