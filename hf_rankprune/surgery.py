@@ -25,7 +25,7 @@ from .arch.base import select_heads
 from .arch.registry import RAGGED_CLASSES, ragged_class_of, stock_class_of
 from .checkpoint import auto_class_for_config, check_saved_checkpoint
 from .errors import AdapterError
-from .integrations.accelerate import carry_hooks, materialised_tensors
+from .integrations.accelerate_hooks import carry_hooks, materialised_tensors
 from .modeling import LAYER_OPTIONS_KEY
 from .plan import CONFIG_KEY, PlanError, PrunePlan
 from .utils import atomic_output_dir, check_output_dir

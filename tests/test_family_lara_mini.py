@@ -8,7 +8,7 @@ from conftest import build_tiny_model
 from safetensors import safe_open
 
 from hf_rankprune.arch import get_adapter
-from hf_rankprune.integrations.accelerate import materialised_tensors
+from hf_rankprune.integrations.accelerate_hooks import materialised_tensors
 from hf_rankprune.modeling import LAYER_OPTIONS_KEY, RankPrunedGatedDeltaNet
 
 

@@ -10,7 +10,7 @@ from _pruning_reference import PLANS, UNIFORM, assert_same_outputs, zeroed_refer
 from conftest import build_tiny_model
 
 from hf_rankprune.arch import get_adapter, model_geometry
-from hf_rankprune.integrations.accelerate import materialised_tensors
+from hf_rankprune.integrations.accelerate_hooks import materialised_tensors
 from hf_rankprune.modeling import RankPrunedGatedDeltaNet
 from hf_rankprune.plan import PlanError, PrunePlan
 from hf_rankprune.surgery import apply_plan, model_plan

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError
-from ..integrations.accelerate import materialised_tensors
+from ..integrations.accelerate_hooks import materialised_tensors
 from ..kernels.gated_delta_rule.naive import naive_chunk_gated_delta_rule
 from ..modeling import RankPrunedGatedDeltaNet, modeling_rankpruned
 from .base import LinearAttentionAdapter, LinearLayerInfo, StateCallback

@@ -2,7 +2,8 @@
 
 A model dispatched with a `device_map` (CPU/disk offload) keeps some weights on the meta device and reads them through
 its `AlignDevicesHook`s' weight maps; surgery reads them from there and gives every rebuilt module the hooks of the
-module it replaces, so the pruned model runs on the same devices as before.
+module it replaces, so the pruned model runs on the same devices as before. (Not named `accelerate.py`: scripts run
+from this folder, such as `vllm_generate.py`, would import it instead of the accelerate package.)
 """
 
 from __future__ import annotations
