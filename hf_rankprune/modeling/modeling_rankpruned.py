@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.integrations.accelerate_hooks import force_accelerate_hooks
+from transformers.integrations.accelerate import force_accelerate_hooks
 from transformers.models.qwen3_5.modeling_qwen3_5 import (
     apply_mask_to_padding_states,
     causal_conv1d_fn,
