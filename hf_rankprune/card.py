@@ -186,6 +186,7 @@ def build_model_card(
             "conv_before": _bytes(memory.conv_bytes_before),
             "conv_after": _bytes(memory.conv_bytes_after),
             "kv": _bytes(memory.kv_cache_bytes),
+            "fixed": _bytes(memory.fixed_bytes) if memory.fixed_bytes else None,
             "total_before": _bytes(memory.total_bytes_before),
             "total_after": _bytes(memory.total_bytes_after),
             "total_reduction": _percent(memory.total_reduction),

@@ -11,7 +11,9 @@ Used by the plan (and so the CLI, the card and the capacity table), the budgets 
   `conv_kernel_size` columns);
 - attention caches (`attention_caches`): per group of layers, `elements_per_token` (2 * kv heads * head dim, plus an
   indexer's keys; a group may name its own `dtype`, e.g. int64 position ids) times the tokens it keeps: all of them (full, indexed), or at most `window` (sliding: the
-  adapter states how many tokens the cache keeps).
+  adapter states how many tokens the cache keeps);
+- fixed states (`fixed_states`): per group of layers, `elements` per sequence that neither grow with the context nor
+  depend on the heads (Qwen4-Exp's PLE n-gram convolutions), in the model dtype or the group's own `dtype`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ def attention_cache_bytes(model_info: Mapping[str, Any], context_length: int, ba
     return sum(len(cache["layers"]) * attention_layer_bytes(cache, context_length, batch_size, dtype) for cache in caches)
 
 
+def fixed_state_bytes(model_info: Mapping[str, Any], batch_size: int, dtype) -> dict[int, int]:
+    """Per layer, the bytes of the fixed states `model_info` lists (`fixed_states`) for `batch_size` sequences."""
+    per_layer: dict[int, int] = {}
+    for group in model_info.get("fixed_states") or ():
+        size = batch_size * int(group["elements"]) * dtype_bytes(group.get("dtype") or dtype)
+        for index in group["layers"]:
+            per_layer[index] = per_layer.get(index, 0) + size
+    return per_layer
+
+
 def linear_layer_bytes(
     model_info: Mapping[str, Any], layer: Any, key_heads: int, value_heads: int, batch_size: int, state_dtype, conv_dtype
 ) -> tuple[int, int]:
@@ -115,8 +127,8 @@ class PlanMemory:
     """Bytes of inference state for `batch_size` sequences of `context_length` tokens, before and after pruning.
 
     `state_bytes_*` is the linear-attention recurrent state: the paper's figure. `conv_bytes_*` is the linear layers'
-    short-convolution state; `kv_cache_bytes` the attention caches (not changed by pruning). `total_bytes_*` adds all
-    three: the whole-model figure.
+    short-convolution state; `kv_cache_bytes` the attention caches and `fixed_bytes` the fixed states (neither
+    changed by pruning). `total_bytes_*` adds them all: the whole-model figure.
     """
 
     context_length: int
@@ -130,14 +142,15 @@ class PlanMemory:
     conv_bytes_before: int
     conv_bytes_after: int
     kv_cache_bytes: int
+    fixed_bytes: int = 0
 
     @property
     def total_bytes_before(self) -> int:
-        return self.state_bytes_before + self.conv_bytes_before + self.kv_cache_bytes
+        return self.state_bytes_before + self.conv_bytes_before + self.kv_cache_bytes + self.fixed_bytes
 
     @property
     def total_bytes_after(self) -> int:
-        return self.state_bytes_after + self.conv_bytes_after + self.kv_cache_bytes
+        return self.state_bytes_after + self.conv_bytes_after + self.kv_cache_bytes + self.fixed_bytes
 
     @property
     def state_reduction(self) -> float:
@@ -161,6 +174,7 @@ class PlanMemory:
             "conv_bytes_before": self.conv_bytes_before,
             "conv_bytes_after": self.conv_bytes_after,
             "kv_cache_bytes": self.kv_cache_bytes,
+            "fixed_bytes": self.fixed_bytes,
             "total_bytes_before": self.total_bytes_before,
             "total_bytes_after": self.total_bytes_after,
             "state_reduction": self.state_reduction,
@@ -201,6 +215,7 @@ def plan_memory(
         conv_bytes_before=sum(m.conv_bytes_before for m in layers),
         conv_bytes_after=sum(m.conv_bytes_after for m in layers),
         kv_cache_bytes=attention_cache_bytes(info, context_length, batch_size, kv_dtype),
+        fixed_bytes=sum(fixed_state_bytes(info, batch_size, conv_dtype).values()),
     )
 
 
@@ -223,12 +238,16 @@ def model_memory_layers(
             info, layer, layer.num_key_heads, layer.num_value_heads, batch_size, state_dtype, conv_dtype
         )
         rows.append(_row(layer.index, "linear_attention", layer.num_value_heads, state, conv, 0))
+    fixed = fixed_state_bytes(info, batch_size, conv_dtype)
     attention: dict[int, dict[str, Any]] = {}  # one row per layer, whatever groups its cache is counted in
     for cache in attention_caches(info):
         cache_bytes = attention_layer_bytes(cache, context_length, batch_size, kv_dtype)
         for index in cache["layers"]:
             attention.setdefault(index, _row(index, cache["kind"], 0, 0, 0, 0))["cache_bytes"] += cache_bytes
-    return sorted([*rows, *attention.values()], key=lambda row: row["layer"])
+    rows = sorted([*rows, *attention.values()], key=lambda row: row["layer"])
+    for row in rows:
+        row["fixed_bytes"] = fixed.get(row["layer"], 0)
+    return rows
 
 
 def _row(layer: int, kind: str, num_heads: int, state_bytes: int, conv_bytes: int, cache_bytes: int) -> dict[str, Any]:

@@ -125,3 +125,26 @@ def test_recipe_makes_a_stock_uniform_plan_on_the_default_geometry():
     # 10 indexed layers: K/V (2 x 2 kv heads x 256) and the indexer's key (256) per token, in the model dtype; and
     # the indexers' position ids (3 int64 per token, once)
     assert memory.kv_cache_bytes == 10 * (2 * 2 * 256 + 256) * 2048 * 4 + 3 * 2048 * 8
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["original", "ragged"])
+def test_memory_counts_the_ple_states(pruned):
+    """PLE layers' conv states 1 and 2 (a dilated convolution in the model dtype, the last token ids in int64) are in
+    the formula: every layer's figure equals the bytes of the real cache, before and after pruning."""
+    from test_memory import real_cache_bytes
+
+    from hf_rankprune.memory import model_memory_layers
+
+    model = build_tiny_model(
+        "qwen4_exp", ple_layer_ids=[1, 4], ngram_vocab_size_base=97, heads_per_ngram=2, ple_embed_dim=16
+    )
+    if pruned:
+        apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]))
+    rows = model_memory_layers(get_adapter(model).geometry(), TOKENS)
+    predicted: dict[int, int] = {}
+    for row in rows:
+        total = row["state_bytes"] + row["conv_bytes"] + row["cache_bytes"] + row["fixed_bytes"]
+        predicted[row["layer"]] = predicted.get(row["layer"], 0) + total
+    real = {index: size for index, size in real_cache_bytes(model, TOKENS).items() if size}
+    assert predicted == real
+    assert {row["layer"] for row in rows if row["fixed_bytes"]} == {0, 3}  # one-indexed ple_layer_ids 1 and 4

@@ -133,6 +133,7 @@ class LinearAttentionAdapter:
             "conv_channels_per_key_head": per_key,
             "conv_channels_per_value_head": per_value,
             "attention_caches": self.attention_caches(),
+            "fixed_states": self.fixed_states(),
             "dtype": dtype_name(dtype),
         }
 
@@ -161,6 +162,11 @@ class LinearAttentionAdapter:
             if layers:
                 caches.append({"kind": kind, "layers": layers, "elements_per_token": per_token, "window": window})
         return caches
+
+    def fixed_states(self) -> list[dict]:
+        """Per-sequence states that pruning does not change and the context does not grow (`hf_rankprune.memory`);
+        none by default."""
+        return []
 
     def set_head_counts(self, num_value_heads: int, num_key_heads: int) -> None:
         """Write the head counts every stock layer is built with into the config (`head_count_keys`)."""

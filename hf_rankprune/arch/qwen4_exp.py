@@ -6,8 +6,8 @@
   (`Qwen4ExpTextQSAIndexer`, one key head of `indexer_head_dim`) cached per token by `cache.update_indexer`.
 
 Hyper-connections and PLE n-gram layers sit around the linear layer (it still maps `hidden_size` to `hidden_size`) and
-PLE uses conv states 1 and 2 of the linear layers' caches (the gated delta net uses state 0), so neither needs
-anything here. The checkpoint conversion of `qwen4_exp_text` touches only MoE experts and n-gram shards.
+PLE uses conv states 1 and 2 of its layers' caches (the gated delta net uses state 0): fixed states the memory
+formula counts (`fixed_states`) and pruning leaves alone. The checkpoint conversion of `qwen4_exp_text` touches only MoE experts and n-gram shards.
 """
 
 from __future__ import annotations
@@ -49,3 +49,18 @@ class Qwen4ExpAdapter(GatedDeltaNetAdapter):
             caches.append({"kind": "indexed_attention", "layers": layers[:1], "elements_per_token": 3, "window": None,
                            "dtype": "int64"})  # fmt: skip
         return caches
+
+    def fixed_states(self):
+        """PLE layers (one-indexed `ple_layer_ids`) keep, in their decoder layer's cache, a dilated conv state of
+        hc_count * hidden_size channels x (ple_conv_kernel_size - 1) * ngram_size columns (model dtype) and the last
+        ngram_size - 1 token ids (int64)."""
+        config = self.config
+        layers = [layer_id - 1 for layer_id in config.ple_layer_ids or ()]
+        if not layers:
+            return []
+        channels = (config.hc_count or 1) * config.hidden_size
+        columns = (config.ple_conv_kernel_size - 1) * config.ngram_size
+        return [
+            {"kind": "ple_convolution", "layers": layers, "elements": channels * columns, "dtype": None},
+            {"kind": "ple_token_ids", "layers": layers, "elements": config.ngram_size - 1, "dtype": "int64"},
+        ]

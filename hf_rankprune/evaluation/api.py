@@ -212,7 +212,7 @@ def memory_layers(
     return [{"layer_types": row["kind"], **{key: row[key] for key in _MEMORY_COLUMNS}} for row in rows]
 
 
-_MEMORY_COLUMNS = ("num_heads", "state_bytes", "conv_bytes", "cache_bytes")
+_MEMORY_COLUMNS = ("num_heads", "state_bytes", "conv_bytes", "cache_bytes", "fixed_bytes")
 DTYPE_OF_SIZE = {1: "float8_e4m3fn", 2: "bfloat16", 4: "float32", 8: "float64"}
 
 

@@ -18,10 +18,11 @@ Args (one entry per layer with a cache; bytes for `batch_size` sequences of `con
     state_bytes: recurrent state bytes (linear layers).
     conv_bytes: convolution state bytes (linear layers).
     cache_bytes: attention cache bytes (attention layers).
+    fixed_bytes: bytes of states pruning does not change and the context does not grow (e.g. PLE convolutions).
 Keyword args:
     context_length (int, required), batch_size (1), state_dtype_bytes (4: the dtype state_bytes were computed in).
 Returns:
-    linear_state_bytes, conv_state_bytes, kv_cache_bytes, total_bytes, num_linear_layers,
+    linear_state_bytes, conv_state_bytes (with any fixed states), kv_cache_bytes, total_bytes, num_linear_layers,
     num_full_attention_layers (layers with an attention cache of any kind), linear_value_heads, context_length;
     linear_state_bytes_bf16 (the recurrent state kept in bf16, as servers can); sequences_per_gib and
     sequences_per_gib_bf16_state (sequences of context_length tokens whose whole inference state fits in 1 GiB, per
@@ -47,19 +48,21 @@ class Memory(evaluate.Metric):
                     "state_bytes": datasets.Value("int64"),
                     "conv_bytes": datasets.Value("int64"),
                     "cache_bytes": datasets.Value("int64"),
+                    "fixed_bytes": datasets.Value("int64"),
                 }
             ),
         )
 
     def _compute(
-        self, layer_types, num_heads, state_bytes, conv_bytes, cache_bytes, context_length=None, batch_size=1,
-        state_dtype_bytes=4,
+        self, layer_types, num_heads, state_bytes, conv_bytes, cache_bytes, fixed_bytes, context_length=None,
+        batch_size=1, state_dtype_bytes=4,
     ):  # fmt: skip
         if context_length is None or int(context_length) < 0:
             raise ValueError("memory needs a context_length >= 0")
         b = int(batch_size)
         linear_kinds = [kind == _LINEAR for kind in layer_types]
         linear, conv, kv = sum(state_bytes) // b, sum(conv_bytes) // b, sum(cache_bytes) // b  # per sequence
+        conv += sum(fixed_bytes) // b  # fixed states sit beside the conv states in the same cache layers
         # the same state in bf16 (vLLM mamba_ssm_cache_dtype, SGLang --mamba-ssm-dtype): the saving without pruning
         linear_bf16 = linear * 2 // int(state_dtype_bytes)
         return {
