@@ -83,10 +83,12 @@ def checkpoint_tensors(folder: str | os.PathLike) -> dict[str, tuple[tuple[int, 
 
 
 def auto_class_for_config(config):
-    """The Auto class that loads this config's model whole: vision-language configs keep their vision tower."""
+    """The Auto class that loads the model of `config` (a config or a config class) whole: vision-language configs
+    keep their vision tower."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    if getattr(config, "vision_config", None) is not None:
+    config_class = config if isinstance(config, type) else type(config)
+    if "vision_config" in config_class.sub_configs:
         return AutoModelForImageTextToText
     return AutoModelForCausalLM
 

@@ -60,7 +60,7 @@ def test_whole_job_on_every_family(family, tmp_path, capsys):
                  "--budget", "global", "--out", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     card = (out / "README.md").read_text()
-    assert "6 of 24" in card or "6/24" in card, card[:2000]
+    assert "**Heads removed:** 6 of 24 linear-attention value heads" in card, card[:2000]
     attention = model.config.get_text_config().layer_types[2].removesuffix("_attention").replace("_", "-")
     assert f"(3 linear-attention layers, 1 {attention}-attention layer)" in card  # full, sliding or indexed
     reloaded, _ = load_model_and_tokenizer(str(out))

@@ -10,6 +10,7 @@ from _pruning_reference import PLANS, UNIFORM, assert_same_outputs, zeroed_refer
 from conftest import build_tiny_model
 
 from hf_rankprune.arch import get_adapter, model_geometry
+from hf_rankprune.arch.base import KEY
 from hf_rankprune.integrations.accelerate_hooks import materialised_tensors
 from hf_rankprune.modeling import RankPrunedGatedDeltaNet
 from hf_rankprune.plan import PlanError, PrunePlan
@@ -39,7 +40,7 @@ def test_pruned_model_equals_zeroed_reference(family, kind):
         for name, axis in adapter.head_axes.items():  # every per-head tensor holds exactly the kept heads
             if axis is not None:
                 kind_of_head, dim = axis
-                kept_count = info.num_key_heads if kind_of_head == "key" else info.num_value_heads
+                kept_count = info.num_key_heads if kind_of_head == KEY else info.num_value_heads
                 assert weights[name].shape[dim] == kept_count, (name, weights[name].shape)
     assert model.config.rankprune_plan == recorded.to_dict() == plan.to_dict()
     if kind in UNIFORM:

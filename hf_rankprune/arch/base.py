@@ -30,6 +30,7 @@ from ..plan import LayerGeometry, ModelGeometry
 from .registry import text_config
 
 StateCallback = Callable[[int, int, torch.Tensor], None]
+KEY, VALUE = "key", "value"  # the two kinds of head a canonical tensor's axis can hold (`head_axes`)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class LinearAttentionAdapter:
     ragged_model_classes: ClassVar[tuple[type, ...]] = ()  # stock model classes with a ragged-pruned counterpart
     layer_attribute: ClassVar[str] = "linear_attn"  # the decoder layer's attribute holding the linear layer
     head_count_keys: ClassVar[tuple[str, str]] = ("linear_num_value_heads", "linear_num_key_heads")
-    # canonical tensor name -> ("key" | "value", axis holding the heads), or None for tensors shared by all heads
+    # canonical tensor name -> (KEY | VALUE, axis holding the heads), or None for tensors shared by all heads
     head_axes: ClassVar[dict[str, tuple[str, int] | None]]
 
     def __init__(self, model: nn.Module):
@@ -155,8 +156,8 @@ class LinearAttentionAdapter:
         head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 0)
         per_token = 2 * (getattr(config, "num_key_value_heads", None) or 0) * head_dim
         caches = []
-        window = getattr(config, "sliding_window", None)
-        kept = window - 1 if window else None  # transformers' sliding cache keeps the last sliding_window - 1 tokens
+        sliding_window = getattr(config, "sliding_window", None)
+        kept = sliding_window - 1 if sliding_window else None  # transformers keeps the last sliding_window - 1 tokens
         for kind, window in (("full_attention", None), ("hybrid", None), ("sliding_attention", kept)):
             layers = [i for i, layer_type in enumerate(layer_types) if layer_type == kind]
             if layers:
@@ -221,17 +222,11 @@ class LinearAttentionAdapter:
         """Called by `save_pruned` right before `save_pretrained`: a family whose checkpoint conversion needs the
         model's help to write its on-disk form fixes it here (default: nothing to do)."""
 
-    def layer_module(self, layer_index: int) -> nn.Module:
-        for info in self.linear_layers():
-            if info.index == layer_index:
-                return info.module
-        raise AdapterError(f"layer {layer_index} is not a linear-attention layer of the model.")
-
 
 def select_heads(weights: dict[str, torch.Tensor], head_axes: dict, layer_plan) -> dict[str, torch.Tensor]:
     """Canonical weights restricted to the heads `layer_plan` keeps (in its physical order, key heads possibly
     repeated), following the adapter's layout spec; adds the plan's value->key map."""
-    kept = {"key": layer_plan.kept_key_heads, "value": layer_plan.kept_value_heads}
+    kept = {KEY: layer_plan.kept_key_heads, VALUE: layer_plan.kept_value_heads}
     out = {}
     for name, tensor in weights.items():
         if name == "value_to_key":

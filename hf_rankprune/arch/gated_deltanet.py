@@ -28,11 +28,9 @@ from ..errors import AdapterError
 from ..integrations.accelerate_hooks import materialised_tensors
 from ..kernels.gated_delta_rule.naive import naive_chunk_gated_delta_rule
 from ..modeling import RankPrunedGatedDeltaNet, modeling_rankpruned
-from .base import LinearAttentionAdapter, LinearLayerInfo, StateCallback
+from .base import KEY, VALUE, LinearAttentionAdapter, LinearLayerInfo, StateCallback
 
 CHUNK = 64  # chunk length of the torch reference kernel: its chunk boundaries are the default calibration grid
-
-KEY, VALUE = "key", "value"
 
 
 class GatedDeltaNetAdapter(LinearAttentionAdapter):

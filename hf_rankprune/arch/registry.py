@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+from transformers import AutoConfig
 
+from ..checkpoint import auto_class_for_config
 from ..errors import AdapterError
 from ..modeling import rankpruned_config_class, rankpruned_model_class, register_conversion_mapping
 
@@ -46,16 +47,9 @@ def _claim(model_type: str, cls: type[LinearAttentionAdapter]) -> None:
     _ADAPTERS[model_type] = cls
 
 
-def auto_model_class(model_class: type) -> type:
-    """The Auto class that loads `model_class`'s checkpoints (vision-language models keep theirs)."""
-    if model_class.__name__.endswith("ForConditionalGeneration"):
-        return AutoModelForImageTextToText
-    return AutoModelForCausalLM
-
-
 def _register_with_transformers(config_class: type, model_class: type) -> None:
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    auto_model_class(model_class).register(config_class, model_class, exist_ok=True)
+    auto_class_for_config(config_class).register(config_class, model_class, exist_ok=True)
     register_conversion_mapping(config_class)
 
 
