@@ -16,8 +16,7 @@ another stock layout overrides `stock_canonical_weights` / `stock_state`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import ClassVar
 
@@ -29,8 +28,7 @@ from ..integrations.accelerate_hooks import materialised_tensors
 from ..kernels.gated_delta_rule.naive import naive_chunk_gated_delta_rule
 from ..modeling import RankPrunedGatedDeltaNet, modeling_rankpruned
 from .base import KEY, VALUE, LinearAttentionAdapter, LinearLayerInfo, StateCallback
-
-CHUNK = 64  # chunk length of the torch reference kernel: its chunk boundaries are the default calibration grid
+from .observation import observe_chunk_kernel
 
 
 class GatedDeltaNetAdapter(LinearAttentionAdapter):
@@ -71,102 +69,12 @@ class GatedDeltaNetAdapter(LinearAttentionAdapter):
         return 2 * layer.key_dim, layer.value_dim  # the conv runs over [q | k | v]
 
     # -- observation ---------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def observe_states(self, grid: Sequence[int], callback: StateCallback) -> Iterator[None]:
-        """Route every prefill kernel call of the linear layers through an observer (see `_observe_calls`).
-
-        On CPU, when every grid point inside the sequence is a multiple of 64 (the default grid), the layer runs
-        once through the package's torch reference kernel, which hands over the state at each chunk boundary (the
-        reference matches transformers' kernel to float32 round-off). Otherwise (GPUs, irregular grids) the
-        model's own kernel runs segment by segment between grid points, carrying the state across. Calls that
-        continue from a cached state (chunked prefill, decoding) pass through unobserved.
-        """
-        grid = list(grid)
-        grid_index = {position: index for index, position in enumerate(grid)}
-
-        def make_wrapper(original: Callable, current_layer: Callable[[], int | None]) -> Callable:
-            # On CPU, bypass an fla kernel bound at import (it has no CPU driver): use the torch function it wraps.
-            torch_original = getattr(original, "__wrapped__", original)
-
-            def observed(query, key, value, g, beta, *args, initial_state=None, output_final_state=False, **kwargs):
-                layer = current_layer()
-                on_cpu = query.device.type == "cpu"
-                kernel = torch_original if on_cpu else original
-                if layer is None or initial_state is not None or args or kwargs.get("cu_seqlens") is not None:
-                    return kernel(
-                        query, key, value, g, beta, *args,
-                        initial_state=initial_state, output_final_state=output_final_state, **kwargs,
-                    )  # fmt: skip
-                length = query.shape[1]
-                if on_cpu and all(position % CHUNK == 0 for position in grid if position < length):
-                    return _observe_in_one_pass(layer, query, key, value, g, beta, output_final_state, kwargs)
-                outputs, state, start = [], None, 0
-                ends = [position for position in grid if position <= length]
-                if not ends or ends[-1] != length:
-                    ends.append(length)
-                for end in ends:
-                    output, state = kernel(
-                        query[:, start:end], key[:, start:end], value[:, start:end],
-                        g=g[:, start:end], beta=beta[:, start:end],
-                        initial_state=state, output_final_state=True, **kwargs,
-                    )  # fmt: skip
-                    outputs.append(output)
-                    if end in grid_index:
-                        callback(layer, grid_index[end], state)
-                    start = end
-                return torch.cat(outputs, dim=1), (state if output_final_state else None)
-
-            return observed
-
-        def _observe_in_one_pass(layer, query, key, value, g, beta, output_final_state, kwargs):
-            length = query.shape[1]
-
-            def snapshot(chunk: int, state: torch.Tensor) -> None:
-                position = min((chunk + 1) * CHUNK, length)
-                if position in grid_index:
-                    callback(layer, grid_index[position], state)
-
-            output, state = naive_chunk_gated_delta_rule(
-                query, key, value, g, beta,
-                value_to_key=kwargs.get("value_to_key"), scale=kwargs.get("scale"),
-                use_qk_l2norm_in_kernel=kwargs.get("use_qk_l2norm_in_kernel", False),
-                output_final_state=True, chunk_size=CHUNK, chunk_state_callback=snapshot,
-            )  # fmt: skip
-            return output, (state if output_final_state else None)
-
-        with self._observe_calls(make_wrapper):
-            yield
-
-    @contextlib.contextmanager
-    def _observe_calls(self, make_wrapper: Callable[[Callable, Callable[[], int | None]], Callable]) -> Iterator[None]:
-        """Wrap the chunk kernel the layers look up at call time (a module global, in each modeling module and in
-        the ragged layers' module) with `make_wrapper(original, current_layer)`; forward pre-hooks on the layer
-        modules tell the wrapper which layer is calling. Weights and forward code are untouched."""
-        active: list[int | None] = [None]
-
-        def enter(module, args):
-            active[0] = module.layer_idx
-
-        def leave(module, args, output):
-            active[0] = None
-
-        handles = []
-        patched: list[tuple[ModuleType, str, Callable]] = []
-        try:
-            for layer in self.linear_layers():
-                handles.append(layer.module.register_forward_pre_hook(enter))
-                handles.append(layer.module.register_forward_hook(leave))
-            sites = [(module, "torch_chunk_gated_delta_rule") for module in self.modeling_modules]
-            for site, name in [*sites, (modeling_rankpruned, "chunk_gated_delta_rule")]:
-                original = getattr(site, name)
-                patched.append((site, name, original))
-                setattr(site, name, make_wrapper(original, lambda: active[0]))
-            yield
-        finally:
-            for site, name, original in reversed(patched):
-                setattr(site, name, original)
-            for handle in handles:
-                handle.remove()
+    def observe_states(self, grid: Sequence[int], callback: StateCallback):
+        """The chunk kernel the layers look up at call time (in each modeling module, and in the ragged layers'
+        module) observed by `observe_chunk_kernel`, with the package's reference kernel for one-pass CPU runs."""
+        sites = [(module, "torch_chunk_gated_delta_rule") for module in self.modeling_modules]
+        sites.append((modeling_rankpruned, "chunk_gated_delta_rule"))
+        return observe_chunk_kernel(self, grid, callback, sites, naive_chunk_gated_delta_rule)
 
     # -- head outputs and gates (head-importance scores, hf_rankprune.output_scores) ----------------------------
     def head_output_modules(self) -> list[tuple[LinearLayerInfo, nn.Module]]:
