@@ -4,22 +4,21 @@ The Triton kernels run on CPU only under the interpreter, and `TRITON_INTERPRET=
 itself is imported (triton's own `tl.sum`, `tl.cumsum`, ... are decorated at import). Under pytest, triton is
 usually imported long before this module (transformers' Qwen3-Next modeling imports it), so the Triton tests
 skip themselves in such a process and `test_triton_suite_under_interpreter` runs them in a fresh pytest
-subprocess with `TRITON_INTERPRET=1` set from the start (one subprocess for all of them).
+subprocess with `TRITON_INTERPRET=1` set from the start (one subprocess for all of them; `_triton_interpreter.py`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _triton_interpreter import REPO, require_interpreter, run_under_interpreter
 from transformers.models.qwen3_next import modeling_qwen3_next as qwen3_next
 
 from hf_rankprune import kernels
@@ -36,8 +35,6 @@ from hf_rankprune.kernels.backend import ENV_VAR, get_backend, resolve_backend
 # transformers' torch implementations, unwrapped from the hub/fla kernel dispatch (fla must never run on CPU)
 hf_chunk = inspect.unwrap(qwen3_next.torch_chunk_gated_delta_rule)
 hf_recurrent = inspect.unwrap(qwen3_next.torch_recurrent_gated_delta_rule)
-
-REPO = Path(__file__).resolve().parents[1]
 
 # (H, value_to_key): None = consecutive grouping; the others are ragged, in any order, some key heads unused
 MAPS = {
@@ -299,40 +296,14 @@ TRITON_MODULES = ("hf_rankprune.kernels.gated_delta_rule.chunk", "hf_rankprune.k
 TRITON_TESTS = "test_triton_ or test_matches_fla_kernels"
 
 
-def _interpreter_active() -> bool:
-    """Whether triton was imported with TRITON_INTERPRET=1 (its standard library is then interpreted too)."""
-    if "triton" not in sys.modules or os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    import triton.language as tl
-
-    return type(tl.sum).__name__ == "InterpretedFunction"
-
-
 @pytest.fixture(scope="module")
 def triton_kernels():
-    pytest.importorskip("triton")
-    if not _interpreter_active():
-        pytest.skip("needs TRITON_INTERPRET=1 before triton is imported: run by test_triton_suite_under_interpreter")
-    for name in TRITON_MODULES:
-        module = importlib.import_module(name)
-        kernel = getattr(module, "_chunk_wu_kernel", None) or module._fused_recurrent_gdr_fwd_kernel
-        if type(kernel).__name__ != "InterpretedFunction":  # imported earlier without the interpreter
-            importlib.reload(module)
+    require_interpreter(TRITON_MODULES)
 
 
 def test_triton_suite_under_interpreter():
     """Run the Triton tests of this file in a pytest subprocess with TRITON_INTERPRET=1 from the start."""
-    pytest.importorskip("triton")
-    if _interpreter_active():
-        pytest.skip("the interpreter is active in this process: the Triton tests run directly")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    env.pop(ENV_VAR, None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", TRITON_TESTS]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
-    assert " passed" in summary and "error" not in summary, out.stdout[-3000:]
+    run_under_interpreter(__file__, TRITON_TESTS)
 
 
 TRITON_CASES = [  # (map name, B, T, init, l2)

@@ -1,10 +1,11 @@
-"""Kernels for pruned linear-attention layers: the gated delta rule with a value->key head map.
+"""Kernels for pruned linear-attention layers: the gated delta rule with a value->key head map, and Kimi delta
+attention (KDA: the delta rule with a per-key-channel decay, q/k/v with the same heads).
 
-Layout as flash-linear-attention: `gated_delta_rule/naive.py` (torch reference, differentiable) beside
-`gated_delta_rule/chunk.py` and `gated_delta_rule/fused_recurrent.py` (Triton, forward only), with one
-dispatch point here (see `backend.py` for the rules: CUDA -> Triton, otherwise torch; forced with the
-`backend` argument, `use_backend(...)` or `HF_RANKPRUNE_KERNEL_BACKEND`). Triton is imported lazily,
-only when a call is routed to it.
+Layout as flash-linear-attention: for each op (`gated_delta_rule/`, `kimi_delta_attention/`), `naive.py`
+(torch reference, differentiable) beside `chunk.py` (prefill) and `fused_recurrent.py` (decoding), both Triton,
+forward only, with one dispatch point per entry here (see `backend.py` for the rules: CUDA -> Triton, otherwise
+torch; forced with the `backend` argument, `use_backend(...)` or `HF_RANKPRUNE_KERNEL_BACKEND`). Triton is
+imported lazily, only when a call is routed to it.
 """
 
 from __future__ import annotations
@@ -18,16 +19,21 @@ from .gated_delta_rule.naive import (
     naive_recurrent_gated_delta_rule,
     resolve_value_to_key,
 )
+from .kimi_delta_attention.naive import naive_chunk_kimi_delta_attention, naive_recurrent_kimi_delta_attention
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
     "chunk_gated_delta_rule",
+    "chunk_kimi_delta_attention",
     "fused_recurrent_gated_delta_rule",
+    "fused_recurrent_kimi_delta_attention",
     "get_backend",
     "l2norm",
     "naive_chunk_gated_delta_rule",
+    "naive_chunk_kimi_delta_attention",
     "naive_recurrent_gated_delta_rule",
+    "naive_recurrent_kimi_delta_attention",
     "resolve_backend",
     "resolve_value_to_key",
     "use_backend",
@@ -108,4 +114,79 @@ chunk_gated_delta_rule.__doc__ = (
 )
 fused_recurrent_gated_delta_rule.__doc__ = (
     "Gated delta rule token by token (decoding, short T): recurrent algorithm.\n" + _ARGS_DOC
+)
+
+
+_KDA_ARGS_DOC = """
+    Args:
+        q, k: [B, T, H, K] queries and keys.
+        v: [B, T, H, V] values (the same H heads: KDA has no head grouping).
+        g: [B, T, H, K] log decay of each key channel (<= 0); row c of the state is multiplied by exp(g_t[c])
+            before token t is written.
+        beta: [B, T, H] write strength of each token.
+        scale: query scale, K ** -0.5 by default.
+        initial_state: [N, H, K, V] state before the first token (N = B, or the number of sequences when
+            `cu_seqlens` is given with B == 1).
+        output_final_state: also return the state after the last token, fp32 [N, H, K, V].
+        use_qk_l2norm_in_kernel: L2-normalise q and k as KDA does (x / sqrt(sum(x^2) + 1e-6)) inside the kernel.
+        cu_seqlens: LongTensor [N + 1], cumulative lengths of sequences packed along T (B must be 1).
+        backend: "auto" | "torch" | "triton" (None: context / environment / "auto").
+
+    Returns:
+        (o [B, T, H, V] in the dtype of q, final state fp32 [N, H, K, V] or None).
+
+    Autograd: the Triton kernels are forward only; a call that needs gradients runs the torch
+    reference whatever backend was asked for.
+"""
+
+
+def chunk_kimi_delta_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if resolve_backend(backend, (q, k, v, g, beta, initial_state)) == "triton":
+        from .kimi_delta_attention.chunk import chunk_kimi_delta_attention_fwd
+
+        return chunk_kimi_delta_attention_fwd(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                              use_qk_l2norm_in_kernel, cu_seqlens)
+    return naive_chunk_kimi_delta_attention(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                            use_qk_l2norm_in_kernel, cu_seqlens)
+
+
+def fused_recurrent_kimi_delta_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if resolve_backend(backend, (q, k, v, g, beta, initial_state)) == "triton":
+        from .kimi_delta_attention.fused_recurrent import fused_recurrent_kimi_delta_attention_fwd
+
+        return fused_recurrent_kimi_delta_attention_fwd(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                                        use_qk_l2norm_in_kernel, cu_seqlens)
+    return naive_recurrent_kimi_delta_attention(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                                use_qk_l2norm_in_kernel, cu_seqlens)
+
+
+chunk_kimi_delta_attention.__doc__ = (
+    "Kimi delta attention over whole sequences (prefill): chunked algorithm (chunk 64).\n" + _KDA_ARGS_DOC
+)
+fused_recurrent_kimi_delta_attention.__doc__ = (
+    "Kimi delta attention token by token (decoding, short T): recurrent algorithm.\n" + _KDA_ARGS_DOC
 )
