@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .arch.registry import recurrence_of
 from .config import IMPORTANCE_SCORES, SETTINGS, cli_flag, value_type
 from .errors import ModelCardError  # noqa: F401 (re-exported)
 from .memory import attention_caches
@@ -150,6 +151,7 @@ def build_model_card(
         "base_model": base_model,
         "base_model_name": base_model_name or "unknown (not a Hub model)",
         "model_type": plan.model_type,
+        "recurrence": recurrence_of(plan.model_type) or "linear attention",
         "num_linear_layers": len(plan.layers),
         "attention_layers": attention_layers_text(info),
         "removed_heads": plan.num_removed_value_heads,

@@ -30,6 +30,15 @@ PLANS = {
 UNIFORM = {"uniform", "uniform_key_drop"}
 
 
+def expected_uniform(kind: str, geometry) -> bool:
+    """Whether PLANS[kind] gives a uniform plan on a model of `geometry`: the UNIFORM kinds for grouped key heads
+    (2 x 8); without key-head groups (Kimi delta attention: one value head per key head) any plan that keeps the same
+    number of heads in every layer."""
+    if all(layer.num_key_heads == layer.num_value_heads for layer in geometry.layers):
+        return len({len(PLANS[kind].get(layer.index, range(layer.num_value_heads))) for layer in geometry.layers}) == 1
+    return kind in UNIFORM
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The language model's decoder layers of a CausalLM or a vision-language model."""
     return getattr(model.model, "language_model", model.model).layers

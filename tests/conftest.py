@@ -14,9 +14,11 @@ from transformers import PreTrainedTokenizerFast
 
 def build_tiny_model(family: str, seed: int = 0, vision: bool = False, **overrides) -> torch.nn.Module:
     """A randomly initialised fp32 model of `family` (tests/families/) in eval mode: a CausalLM, or with `vision`
-    (families with a vision-language form) the vision-language model of the public checkpoints."""
+    (families with a vision-language form) the vision-language model of the public checkpoints; a family without a
+    CausalLM form always gives its vision-language model."""
     torch.manual_seed(seed)
     spec = FAMILIES[family]
+    vision = vision or not spec.causal_lm
     if vision and not spec.vision:
         raise ValueError(f"{family} has no vision-language form")
     model = spec.build(dict(COMMON, **overrides), vision)
@@ -30,7 +32,8 @@ def _spread_gates(model: torch.nn.Module) -> None:
     for name, param in model.named_parameters():
         if name.endswith("A_log"):
             with torch.no_grad():
-                param.copy_(torch.linspace(-6.0, 1.5, param.numel())[torch.randperm(param.numel(), generator=generator)])
+                spread = torch.linspace(-6.0, 1.5, param.numel())[torch.randperm(param.numel(), generator=generator)]
+                param.copy_(spread.reshape(param.shape))
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -69,6 +72,7 @@ def load_tiny_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_checkpoints")
 
     def load(family: str, vision: bool = False) -> torch.nn.Module:
+        vision = vision or not FAMILIES[family].causal_lm
         folder = root / f"{family}{'_vl' if vision else ''}"
         if not folder.exists():
             save_tiny_model(family, folder, vision=vision)

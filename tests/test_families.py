@@ -12,6 +12,7 @@ import torch
 from conftest import build_tiny_tokenizer, save_tiny_model
 from families import FAMILIES
 
+from hf_rankprune.arch import get_adapter
 from hf_rankprune.cli import main
 from hf_rankprune.config import BUDGETS, DIRECTIONS, RankPruneConfig
 from hf_rankprune.loading import load_model_and_tokenizer
@@ -63,6 +64,7 @@ def test_whole_job_on_every_family(family, tmp_path, capsys):
     assert "**Heads removed:** 6 of 24 linear-attention value heads" in card, card[:2000]
     attention = model.config.get_text_config().layer_types[2].removesuffix("_attention").replace("_", "-")
     assert f"(3 linear-attention layers, 1 {attention}-attention layer)" in card  # full, sliding or indexed
+    assert f"Every head of a linear-attention layer ({get_adapter(model).recurrence}) carries" in card
     reloaded, _ = load_model_and_tokenizer(str(out))
     assert PrunePlan.from_json_file(out / "prune_plan.json").num_kept_value_heads == 18
     assert reloaded.config.get_text_config().model_type.startswith(model.config.get_text_config().model_type)

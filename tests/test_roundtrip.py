@@ -31,7 +31,7 @@ from hf_rankprune.surgery import apply_plan, model_plan, save_pruned
 FORMS = {  # name: (family, vision-language); every family of tests/families/, and its vision-language form
     f"{name}{'_vl' if vision else ''}": (name, vision)
     for name, family in sorted(FAMILIES.items())
-    for vision in ((False, True) if family.vision else (False,))
+    for vision in family.forms
 }
 KINDS = {  # plan kind: (kept value heads per layer, tests/_pruning_reference.py; stock layout)
     "uniform": ("uniform", False),

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from _pruning_reference import PLANS, UNIFORM, assert_same_outputs, zeroed_reference
+from _pruning_reference import PLANS, assert_same_outputs, expected_uniform, zeroed_reference
 from conftest import build_tiny_model
 
 from hf_rankprune.arch import get_adapter, model_geometry
@@ -24,7 +24,9 @@ def test_pruned_model_equals_zeroed_reference(family, kind):
     kept = PLANS[kind]
     reference = zeroed_reference(model, kept)
     plan = PrunePlan.from_kept_heads(model_geometry(model), kept, settings={"kind": kind})
-    assert plan.is_uniform == (kind in UNIFORM)
+    original = model_geometry(model)
+    uniform = expected_uniform(kind, original)
+    assert plan.is_uniform == uniform
     returned = apply_plan(model, plan)
     assert returned is model  # pruned in place and returned, as transformers / peft transforms do
     recorded = model_plan(model)
@@ -42,22 +44,27 @@ def test_pruned_model_equals_zeroed_reference(family, kind):
                 kind_of_head, dim = axis
                 kept_count = info.num_key_heads if kind_of_head == KEY else info.num_value_heads
                 assert weights[name].shape[dim] == kept_count, (name, weights[name].shape)
-    assert model.config.rankprune_plan == recorded.to_dict() == plan.to_dict()
-    if kind in UNIFORM:
+    config = model.config.get_text_config()  # the language model's (vision-language models: its text_config)
+    assert config.rankprune_plan == recorded.to_dict() == plan.to_dict()
+    ragged_class = adapter.ragged_layer_class()
+    value_key, key_key = adapter.head_count_keys
+    if uniform:
         assert type(model) is stock_class and model.config.model_type == stock_type
-        assert not any(isinstance(m, RankPrunedGatedDeltaNet) for m in model.modules())
+        assert not any(isinstance(m, ragged_class) for m in model.modules())
         first = plan.layers[0]
-        assert model.config.linear_num_value_heads == first.num_kept_value_heads
-        assert model.config.linear_num_key_heads == first.num_kept_key_heads
+        assert getattr(config, value_key) == first.num_kept_value_heads
+        assert getattr(config, key_key) == first.num_kept_key_heads
     else:
         assert model.config.model_type == stock_type + "_rankpruned"
         assert isinstance(model, stock_class)
-        assert model.config.linear_num_value_heads == 8 and model.config.linear_num_key_heads == 2
+        # the stock config keeps the original counts (of the layers the plan leaves alone)
+        counts = (original.layers[0].num_value_heads, original.layers[0].num_key_heads)
+        assert (getattr(config, value_key), getattr(config, key_key)) == counts
         for layer_plan in plan.layers:
-            module = layers[layer_plan.layer].module
-            assert isinstance(module, RankPrunedGatedDeltaNet) == layer_plan.is_pruned
+            info = layers[layer_plan.layer]
+            assert isinstance(info.module, ragged_class) == layer_plan.is_pruned
             if layer_plan.is_pruned:
-                assert module.value_to_key.tolist() == layer_plan.value_to_key
+                assert (adapter.value_to_key(info) or list(range(info.num_value_heads))) == layer_plan.value_to_key
 
 
 @pytest.mark.parametrize(

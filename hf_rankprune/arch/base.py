@@ -56,6 +56,7 @@ class LinearAttentionAdapter:
 
     # -- declarations ----------------------------------------------------------------------------------------------
     family: ClassVar[str]  # the recurrence ("gated_delta_rule", ...)
+    recurrence: ClassVar[str]  # its name for people ("Gated DeltaNet", ...): model cards say what a head is
     model_types: ClassVar[tuple[str, ...]]  # stock model types (the `*_rankpruned` ones come from the ragged pairs)
     ragged_model_classes: ClassVar[tuple[type, ...]] = ()  # stock model classes with a ragged-pruned counterpart
     layer_attribute: ClassVar[str] = "linear_attn"  # the decoder layer's attribute holding the linear layer

@@ -36,6 +36,7 @@ class GatedDeltaNetAdapter(LinearAttentionAdapter):
     (where the layers look up their kernels) and, if its stock weights are not contiguous, how to convert them."""
 
     family = "gated_delta_rule"
+    recurrence = "Gated DeltaNet"
     head_axes: ClassVar[dict[str, tuple[str, int] | None]] = {
         "q": (KEY, 0),
         "k": (KEY, 0),

@@ -70,6 +70,12 @@ def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
 
 
+def recurrence_of(model_type: str) -> str | None:
+    """The recurrence of a model type's family, named for people ("Gated DeltaNet"), or None if it has no adapter."""
+    adapter = _ADAPTERS.get(model_type)
+    return adapter.recurrence if adapter is not None else None
+
+
 def text_config(config):
     """The config that describes the language model (composite VLM configs carry it as `text_config`)."""
     getter = getattr(config, "get_text_config", None)

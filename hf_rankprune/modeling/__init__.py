@@ -19,6 +19,7 @@ from .modeling_rankpruned import (
     RankPrunedGatedDeltaNet,
     RankPrunedRMSNormGated,
     build_pruned_layers,
+    rankpruned_kda_layer_class,
     rankpruned_model_class,
     register_conversion_mapping,
 )
@@ -31,13 +32,18 @@ __all__ = [
     "RankPrunedRMSNormGated",
     "build_pruned_layers",
     "rankpruned_config_class",
+    "rankpruned_kda_layer_class",
     "rankpruned_model_class",
     "register_conversion_mapping",
     "write_remote_code",
 ]
 
 _HERE = Path(__file__).resolve().parent
-KERNEL_FILE = "rankprune_gated_delta_rule_naive.py"
+# the torch reference kernels the copied modeling file falls back to without hf_rankprune: {copy's name: source}
+KERNEL_FILES = {
+    "rankprune_gated_delta_rule_naive.py": "gated_delta_rule/naive.py",
+    "rankprune_kimi_delta_attention_naive.py": "kimi_delta_attention/naive.py",
+}
 
 
 def write_remote_code(folder: Path, model_class: type) -> dict[str, str]:
@@ -52,8 +58,15 @@ def write_remote_code(folder: Path, model_class: type) -> dict[str, str]:
         f"from {stock_config.__module__} import {stock_config.__name__}  # noqa: E402\n\n"
         f"{config_class.__name__} = rankpruned_config_class({stock_config.__name__})\n"
     )
+    stock_layer = getattr(layer_class, "stock_layer_class", None)  # a ragged layer made from its stock class
+    layer_lines = (
+        f"from {stock_layer.__module__} import {stock_layer.__name__}  # noqa: E402\n\n"
+        f"{layer_class.__name__} = rankpruned_kda_layer_class({stock_layer.__name__})\n"
+        if stock_layer is not None
+        else ""
+    )
     model_tail = (
-        f"\n\n# the model class of this checkpoint\n"
+        f"\n\n# the model class of this checkpoint\n{layer_lines}"
         f"from {stock_model.__module__} import {stock_model.__name__}  # noqa: E402\n\n"
         f"from .configuration_rankpruned import {config_class.__name__}  # noqa: E402\n\n"
         f"{model_class.__name__} = rankpruned_model_class(\n"
@@ -62,7 +75,8 @@ def write_remote_code(folder: Path, model_class: type) -> dict[str, str]:
     )
     for name, tail in (("configuration_rankpruned.py", config_tail), ("modeling_rankpruned.py", model_tail)):
         (folder / name).write_text((_HERE / name).read_text(encoding="utf-8") + tail, encoding="utf-8")
-    shutil.copyfile(_HERE.parent / "kernels" / "gated_delta_rule" / "naive.py", folder / KERNEL_FILE)
+    for name, source in KERNEL_FILES.items():
+        shutil.copyfile(_HERE.parent / "kernels" / source, folder / name)
     return {
         "AutoConfig": f"configuration_rankpruned.{config_class.__name__}",
         "model": f"modeling_rankpruned.{model_class.__name__}",

@@ -20,6 +20,9 @@ define the checkpoint's classes; the kernels then come from the copied torch ref
 
 from __future__ import annotations
 
+import copy
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,10 +38,19 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (
 from .configuration_rankpruned import RANKPRUNED_SUFFIX
 
 try:
-    from hf_rankprune.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    from hf_rankprune.kernels import (
+        chunk_gated_delta_rule,
+        chunk_kimi_delta_attention,
+        fused_recurrent_gated_delta_rule,
+        fused_recurrent_kimi_delta_attention,
+    )
 except ImportError:  # copied next to a checkpoint and loaded with trust_remote_code, without hf_rankprune
     from .rankprune_gated_delta_rule_naive import naive_chunk_gated_delta_rule as chunk_gated_delta_rule
     from .rankprune_gated_delta_rule_naive import naive_recurrent_gated_delta_rule as fused_recurrent_gated_delta_rule
+    from .rankprune_kimi_delta_attention_naive import naive_chunk_kimi_delta_attention as chunk_kimi_delta_attention
+    from .rankprune_kimi_delta_attention_naive import (
+        naive_recurrent_kimi_delta_attention as fused_recurrent_kimi_delta_attention,
+    )
 
 PLAN_CONFIG_KEY = "rankprune_plan"
 LAYER_OPTIONS_KEY = "rankprune_layer_options"
@@ -200,6 +212,97 @@ class RankPrunedGatedDeltaNet(nn.Module):
         core_attn_out = self.norm(core_attn_out, z)
         core_attn_out = core_attn_out.reshape(batch_size, seq_len, -1)
         return self.out_proj(core_attn_out)
+
+
+def _kimi_delta_attention_forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=None, **kwargs):
+    """The stock Kimi-delta-attention forward (Kimi-Linear, Bailing hybrid, GLM-5 Next: the same code), calling
+    hf_rankprune's kernel dispatch; the conv kernels, forget gate and gated norm are the stock layer's own."""
+    if cache is None:
+        cache = kwargs.pop("cache_params", None) or kwargs.pop("past_key_values", None)
+    stock = sys.modules[self.stock_layer_class.__module__]
+    hidden_states = stock.apply_mask_to_padding_states(hidden_states, attention_mask)
+    batch_size, seq_len = hidden_states.shape[:2]
+    hidden_shape = (batch_size, seq_len, -1, self.head_dim)
+    projections = (self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states))
+    mixed_qkv = torch.cat(projections, dim=-1).transpose(1, 2)
+    if cache is not None:
+        conv_state = cache.get_conv_state(self.layer_idx, state_idx=0)
+        recurrent_state = cache.get_recurrent_state(self.layer_idx, state_idx=0)
+    else:
+        conv_state, recurrent_state = None, None
+    weight = self.conv1d.weight.squeeze(1)
+    if conv_state is not None and seq_len == 1:
+        mixed_qkv = stock.causal_conv1d_update(mixed_qkv, conv_state, weight, self.conv1d.bias, self.activation)
+    else:
+        if cache is not None:
+            mixed_qkv = cache.update_conv_state(mixed_qkv, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+        mixed_qkv = stock.causal_conv1d_fn(mixed_qkv, weight, self.conv1d.bias, activation=self.activation)
+        mixed_qkv = mixed_qkv[:, :, -seq_len:]
+    query, key, value = (
+        x.reshape(hidden_shape) for x in torch.split(mixed_qkv.transpose(1, 2), [self.qkv_dim] * 3, dim=-1)
+    )
+    kernel = (
+        fused_recurrent_kimi_delta_attention
+        if recurrent_state is not None and seq_len == 1
+        else chunk_kimi_delta_attention
+    )
+    core_attn_out, last_recurrent_state = kernel(
+        query,
+        key,
+        value,
+        g=self.forget_gate(hidden_states),
+        beta=torch.sigmoid(self.b_proj(hidden_states)),
+        initial_state=recurrent_state,
+        output_final_state=cache is not None,
+        use_qk_l2norm_in_kernel=True,
+        cu_seqlens=kwargs.get("cu_seq_lens_q"),
+    )
+    if cache is not None:
+        cache.update_recurrent_state(last_recurrent_state.to(torch.float32), self.layer_idx)
+    if hasattr(self, "g_proj"):  # full-rank output gate (Bailing); low-rank g_a_proj -> g_b_proj otherwise
+        gate = self.g_proj(hidden_states)
+    else:
+        gate = self.g_b_proj(self.g_a_proj(hidden_states))
+    output = self.o_norm(core_attn_out, gate.view(hidden_shape)).reshape(batch_size, seq_len, -1)
+    return self.o_proj(output)
+
+
+_KDA_LAYER_CLASSES: dict[type, type] = {}
+
+
+def rankpruned_kda_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Module]:
+    """The ragged layer class of a stock Kimi-delta-attention layer class: the stock layer with its own number of
+    heads. KDA has no key-head groups (value head h reads key head h), so a layer is fully described by its head
+    count; its submodules and parameter names are the stock ones (checkpoint conversion and fp32 rules apply as for
+    stock layers), and its forward calls hf_rankprune's kernels."""
+    if stock_layer_class in _KDA_LAYER_CLASSES:
+        return _KDA_LAYER_CLASSES[stock_layer_class]
+
+    def __init__(self, config, layer_idx: int, num_key_heads: int, num_value_heads: int, value_to_key) -> None:
+        heads, mapping = int(num_value_heads), [int(k) for k in value_to_key]
+        if int(num_key_heads) != heads or mapping != list(range(heads)):
+            raise ValueError(
+                f"layer {layer_idx}: a Kimi delta attention layer pairs value head h with key head h; got "
+                f"{num_key_heads} key heads, {num_value_heads} value heads and value_to_key {mapping}."
+            )
+        layer_config = copy.copy(config)
+        layer_config.linear_num_heads = heads
+        stock_layer_class.__init__(self, layer_config, layer_idx)
+
+    def extra_repr(self) -> str:
+        return f"layer_idx={self.layer_idx}, num_heads={self.num_heads}"
+
+    namespace = {
+        "__init__": __init__,
+        "forward": force_accelerate_hooks("conv1d")(_kimi_delta_attention_forward),
+        "extra_repr": extra_repr,
+        "__module__": __name__,
+        "__doc__": f"`{stock_layer_class.__name__}` with its own number of heads (a ragged-pruned layer).",
+        "stock_layer_class": stock_layer_class,
+    }
+    layer_class = type(f"RankPruned{stock_layer_class.__name__}", (stock_layer_class,), namespace)
+    _KDA_LAYER_CLASSES[stock_layer_class] = layer_class
+    return layer_class
 
 
 def pruned_layer_specs(config) -> dict[int, tuple[int, int, list[int]]]:

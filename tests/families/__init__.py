@@ -49,9 +49,25 @@ class TinyFamily:
     name: str
     build: Callable[[dict, bool], nn.Module]  # (config values over COMMON, vision-language form?) -> model
     vision: bool = False  # has a vision-language form
+    causal_lm: bool = True  # has a text-only CausalLM form (GLM-5 Next has only its vision-language model)
+
+    @property
+    def forms(self) -> tuple[bool, ...]:
+        """The forms the family has, as `vision` flags: text-only and/or vision-language."""
+        return (False,) * self.causal_lm + (True,) * self.vision
 
 
 FAMILIES: dict[str, TinyFamily] = {}
+
+
+def fill_dt_bias(model: nn.Module, value: float) -> nn.Module:
+    """Set every KDA forget gate's `dt_bias` to `value`: the stock draw (softplus in [0.001, 0.1]) makes every head of
+    a tiny random model keep a full-rank state; with `value` the heads' decays follow their spread `A_log`
+    (tests/conftest.py), as in trained models."""
+    for name, param in model.named_parameters():
+        if name.endswith("forget_gate.dt_bias"):
+            param.data.fill_(value)
+    return model
 
 
 def register(family: TinyFamily) -> TinyFamily:
