@@ -1,5 +1,7 @@
-"""Kernels for pruned linear-attention layers: the gated delta rule with a value->key head map, and Kimi delta
-attention (KDA: the delta rule with a per-key-channel decay, q/k/v with the same heads).
+"""Kernels for pruned linear-attention layers: the gated delta rule with a value->key head map, Kimi delta
+attention (KDA: the delta rule with a per-key-channel decay, q/k/v with the same heads), and the Mamba2 SSD scan
+(state space duality) with a head->group map (`ssd_chunk_scan`, `ssd_step`: torch reference only for now, on every
+device; see `mamba2_ssd/naive.py`).
 
 Layout as flash-linear-attention: for each op (`gated_delta_rule/`, `kimi_delta_attention/`), `naive.py`
 (torch reference, differentiable) beside `chunk.py` (prefill) and `fused_recurrent.py` (decoding), both Triton,
@@ -20,6 +22,7 @@ from .gated_delta_rule.naive import (
     resolve_value_to_key,
 )
 from .kimi_delta_attention.naive import naive_chunk_kimi_delta_attention, naive_recurrent_kimi_delta_attention
+from .mamba2_ssd.naive import naive_ssd_chunk_scan, naive_ssd_step
 
 __all__ = [
     "BACKENDS",
@@ -34,8 +37,12 @@ __all__ = [
     "naive_chunk_kimi_delta_attention",
     "naive_recurrent_gated_delta_rule",
     "naive_recurrent_kimi_delta_attention",
+    "naive_ssd_chunk_scan",
+    "naive_ssd_step",
     "resolve_backend",
     "resolve_value_to_key",
+    "ssd_chunk_scan",
+    "ssd_step",
     "use_backend",
 ]
 
@@ -189,4 +196,85 @@ chunk_kimi_delta_attention.__doc__ = (
 )
 fused_recurrent_kimi_delta_attention.__doc__ = (
     "Kimi delta attention token by token (decoding, short T): recurrent algorithm.\n" + _KDA_ARGS_DOC
+)
+
+
+_SSD_ARGS_DOC = """
+    Args:
+        x: [Bt, T, H, P] head inputs ([Bt, H, P] for the step: one token).
+        dt: [Bt, T, H] raw time steps ([Bt, H] for the step).
+        A: [H] per-head decay rates (negative): the state is multiplied by exp(dt_t A_h) before token t is written.
+        B, C: [Bt, T, G, N] ([Bt, G, N] for the step) state input / output projections, one per group.
+        head_to_group: LongTensor [H], the group of B/C each head reads (ragged groups in any order); None means
+            consecutive grouping (head h reads group h // (H // G), H % G == 0).
+        chunk_size: tokens per chunk of the scan (the stock Mamba2 configs use 128 or 256; any positive integer).
+        D: [H] skip connection (y += D_h x).
+        dt_bias: [H] added to dt before the softplus.
+        dt_softplus: dt = softplus(dt + dt_bias).
+        dt_limit: (min, max) clamp of the discretised dt (default (0, inf), as transformers' prefill).
+        initial_state: [Bt, H, P, N] state before the first token (`state` for the step).
+        output_final_state: also return the state after the last token, fp32 [Bt, H, P, N].
+        backend: "auto" | "torch" | "triton" (None: context / environment / "auto").
+
+    Returns:
+        scan: (y [Bt, T, H, P] fp32 as transformers' `mamba2_chunk_scan` (fp64 for fp64 x), final state fp32
+        [Bt, H, P, N] or None); step: (y [Bt, H, P] in x's dtype, new state fp32 [Bt, H, P, N]; `state` is not
+        modified: the caller writes its cache).
+
+    Backends: there is no Triton SSD kernel yet. "auto" runs the torch reference on every device (CUDA included);
+    asking for "triton" (argument, `use_backend` or the environment) raises a ValueError, except for calls that
+    need gradients, which run the torch reference whatever backend was asked for (as every kernel here).
+"""
+
+
+def _ssd_backend(backend: str | None, tensors) -> None:
+    """Resolve the backend for an SSD call: the torch reference, or a clear error when Triton is asked for."""
+    if resolve_backend(backend, tensors) == "triton" and get_backend(backend) == "triton":
+        raise ValueError("no Triton kernel for the Mamba2 SSD scan exists yet (not implemented): use backend='torch' "
+                         "or 'auto' (which runs the torch reference on every device)")
+
+
+def ssd_chunk_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    head_to_group: torch.Tensor | None = None,
+    chunk_size: int = 64,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    _ssd_backend(backend, (x, dt, A, B, C, D, dt_bias, initial_state))
+    return naive_ssd_chunk_scan(x, dt, A, B, C, head_to_group, chunk_size, D, dt_bias, dt_softplus, dt_limit,
+                                initial_state, output_final_state)
+
+
+def ssd_step(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    head_to_group: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _ssd_backend(backend, (state, x, dt, A, B, C, D, dt_bias))
+    return naive_ssd_step(state, x, dt, A, B, C, head_to_group, D, dt_bias, dt_softplus, dt_limit)
+
+
+ssd_chunk_scan.__doc__ = "Mamba2 SSD scan over whole sequences (prefill): chunked algorithm.\n" + _SSD_ARGS_DOC
+ssd_step.__doc__ = (
+    "Mamba2 SSD recurrence for one decoding token (the same dt_limit as the prefill continues it exactly;\n"
+    "transformers' step applies none: pass (-inf, inf) to reproduce it).\n" + _SSD_ARGS_DOC
 )

@@ -1,0 +1,397 @@
+"""Mamba2 SSD kernels (torch reference) with a head->group map: vs transformers' `mamba2_chunk_scan` and
+`mamba2_selective_state_update`, ragged maps vs transformers on B/C expanded to one group per head, prefill + decoding
+steps, the chunk-state callback, autograd, validation and dispatch. Tiny shapes throughout.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import sys
+
+import pytest
+import torch
+from transformers.models.nemotron_h import modeling_nemotron_h as nemotron_h
+
+from hf_rankprune import kernels
+from hf_rankprune.kernels import backend as backend_module
+from hf_rankprune.kernels import (
+    naive_ssd_chunk_scan,
+    naive_ssd_step,
+    ssd_chunk_scan,
+    ssd_step,
+    use_backend,
+)
+from hf_rankprune.kernels.backend import ENV_VAR
+
+# transformers' torch implementations, unwrapped from the hub kernel dispatch (byte-identical in mamba2, bamba,
+# granitemoehybrid, zamba2, falcon_h1)
+hf_scan = inspect.unwrap(nemotron_h.mamba2_chunk_scan)
+hf_step = inspect.unwrap(nemotron_h.mamba2_selective_state_update)
+
+INF = float("inf")
+RAGGED = [2, 0, 2, 1, 0]  # H = 5 heads over G = 3 groups of sizes 2, 1, 2, out of order
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_inputs(Bt=2, T=20, H=4, P=8, G=2, N=16, seed=0, init=False, dtype=torch.float32):
+    """Random SSD inputs: x, dt (raw), A (negative), B, C, D, dt_bias, initial state."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(Bt, T, H, P, generator=gen)
+    dt = torch.randn(Bt, T, H, generator=gen)
+    A = -(torch.rand(H, generator=gen) * 2 + 0.1)
+    B = torch.randn(Bt, T, G, N, generator=gen)
+    C = torch.randn(Bt, T, G, N, generator=gen)
+    D = torch.randn(H, generator=gen)
+    dt_bias = torch.randn(H, generator=gen) * 0.5
+    h0 = torch.randn(Bt, H, P, N, generator=gen) if init else None
+    x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
+    return x, dt, A, B, C, D, dt_bias, h0
+
+
+def assert_close(actual, expected, atol=1e-5, rtol=1e-5):
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+
+
+def hf_reference(x, dt, A, B, C, D, dt_bias, h0, chunk_size, dt_softplus, dt_limit):
+    return hf_scan(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=h0, dt_softplus=dt_softplus,
+                   dt_limit=dt_limit, return_final_states=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# chunk scan vs transformers
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [1, 63, 100, 130])
+@pytest.mark.parametrize("chunk_size", [16, 64])
+@pytest.mark.parametrize("init", [False, True])
+@pytest.mark.parametrize("dt_softplus", [True, False])
+def test_chunk_scan_matches_transformers(T, chunk_size, init, dt_softplus):
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=T, init=init, seed=T)
+    for dt_limit in ((0.0, INF), (0.001, INF), (0.05, 0.8)):
+        y, s = naive_ssd_chunk_scan(x, dt, A, B, C, chunk_size=chunk_size, D=D, dt_bias=dt_bias,
+                                    dt_softplus=dt_softplus, dt_limit=dt_limit, initial_state=h0,
+                                    output_final_state=True)
+        y_ref, s_ref = hf_reference(x, dt, A, B, C, D, dt_bias, h0, chunk_size, dt_softplus, dt_limit)
+        assert y.shape == (2, T, 4, 8) and y.dtype == y_ref.dtype == torch.float32
+        assert s.shape == (2, 4, 8, 16) and s.dtype == torch.float32
+        assert_close(y, y_ref)
+        assert_close(s, s_ref)
+    # the dispatched entry runs the same reference on CPU
+    y_d, s_d = ssd_chunk_scan(x, dt, A, B, C, chunk_size=chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                              dt_limit=dt_limit, initial_state=h0, output_final_state=True)
+    assert torch.equal(y_d, y) and torch.equal(s_d, s)
+
+
+def test_optional_arguments_match_transformers():
+    """No D, no dt_bias, one group for all heads, and a single head per group."""
+    for G in (1, 4):
+        x, dt, A, B, C, _, _, h0 = make_inputs(T=37, G=G, init=True, seed=G)
+        y, s = naive_ssd_chunk_scan(x, dt, A, B, C, chunk_size=16, dt_softplus=True, initial_state=h0,
+                                    output_final_state=True)
+        y_ref, s_ref = hf_reference(x, dt, A, B, C, None, None, h0, 16, True, (0.0, INF))
+        assert_close(y, y_ref)
+        assert_close(s, s_ref)
+        assert naive_ssd_chunk_scan(x, dt, A, B, C, dt_softplus=True)[1] is None
+
+
+def test_chunk_size_does_not_change_the_result():
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=45, H=5, G=3, init=True)
+    ref = naive_ssd_chunk_scan(x, dt, A, B, C, RAGGED, chunk_size=64, D=D, dt_bias=dt_bias, dt_softplus=True,
+                               initial_state=h0, output_final_state=True)
+    for chunk_size in (1, 7, 16, 45):
+        y, s = naive_ssd_chunk_scan(x, dt, A, B, C, torch.tensor(RAGGED), chunk_size=chunk_size, D=D,
+                                    dt_bias=dt_bias, dt_softplus=True, initial_state=h0, output_final_state=True)
+        assert_close(y, ref[0])
+        assert_close(s, ref[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# ragged head->group maps: exactly transformers' kernel on B/C expanded to one group per head
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [1, 63, 130])
+@pytest.mark.parametrize("init", [False, True])
+@pytest.mark.parametrize("head_to_group", [RAGGED, [1, 1, 1, 1, 1], [0, 1, 2, 0, 1]], ids=["ragged", "one", "cyclic"])
+def test_ragged_map_matches_transformers_on_expanded_groups(T, init, head_to_group):
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=T, H=5, G=3, init=init, seed=7)
+    h2g = torch.tensor(head_to_group)
+    y, s = naive_ssd_chunk_scan(x, dt, A, B, C, h2g, chunk_size=16, D=D, dt_bias=dt_bias, dt_softplus=True,
+                                dt_limit=(0.001, INF), initial_state=h0, output_final_state=True)
+    y_ref, s_ref = hf_reference(x, dt, A, B[:, :, h2g], C[:, :, h2g], D, dt_bias, h0, 16, True, (0.001, INF))
+    assert_close(y, y_ref)
+    assert_close(s, s_ref)
+
+
+def test_consecutive_map_equals_none():
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=30, H=6, G=3, init=True)
+    kw = dict(chunk_size=16, D=D, dt_bias=dt_bias, dt_softplus=True, initial_state=h0, output_final_state=True)
+    y, s = naive_ssd_chunk_scan(x, dt, A, B, C, None, **kw)
+    y2, s2 = naive_ssd_chunk_scan(x, dt, A, B, C, torch.tensor([0, 0, 1, 1, 2, 2]), **kw)
+    assert torch.equal(y, y2) and torch.equal(s, s2)
+    # expanding B/C to one group per head (identity map) is the same computation
+    h2g = torch.tensor([0, 0, 1, 1, 2, 2])
+    y3, s3 = naive_ssd_chunk_scan(x, dt, A, B[:, :, h2g], C[:, :, h2g], None, **kw)
+    assert_close(y3, y)
+    assert_close(s3, s)
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding step
+# --------------------------------------------------------------------------------------------------
+
+
+def _hf_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus):
+    """transformers' step (mamba_ssm's layout) takes dt/D/dt_bias expanded to [.., P], A to [H, P, N], and updates
+    `state` in place."""
+    P, N = x.shape[-1], B.shape[-1]
+    state = state.clone()
+    y = hf_step(state, x, dt[..., None].expand(*dt.shape, P), A[:, None, None].expand(-1, P, N), B, C,
+                D=D[:, None].expand(-1, P), dt_bias=dt_bias[:, None].expand(-1, P), dt_softplus=dt_softplus)
+    return y, state
+
+
+@pytest.mark.parametrize("dt_softplus", [True, False])
+@pytest.mark.parametrize("head_to_group", [None, RAGGED], ids=["consecutive", "ragged"])
+def test_step_matches_transformers(dt_softplus, head_to_group):
+    H, G = (4, 2) if head_to_group is None else (5, 3)
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=1, H=H, G=G, init=True, seed=3)
+    x, dt, B, C = x[:, 0], dt[:, 0], B[:, 0], C[:, 0]
+    state = h0.clone()
+    # transformers' step applies no dt clamp: (-inf, inf) reproduces it for raw (possibly negative) steps
+    y, s = naive_ssd_step(state, x, dt, A, B, C, head_to_group, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                          dt_limit=(-INF, INF))
+    assert torch.equal(state, h0)  # not modified in place
+    if head_to_group is None:
+        y_ref, s_ref = _hf_step(h0, x, dt, A, B, C, D, dt_bias, dt_softplus)
+    else:
+        h2g = torch.tensor(head_to_group)
+        y_ref, s_ref = _hf_step(h0, x, dt, A, B[:, h2g], C[:, h2g], D, dt_bias, dt_softplus)
+    assert y.shape == x.shape and y.dtype == x.dtype and s.dtype == torch.float32
+    assert_close(y, y_ref)
+    assert_close(s, s_ref)
+    y_d, s_d = ssd_step(state, x, dt, A, B, C, head_to_group, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                        dt_limit=(-INF, INF))
+    assert torch.equal(y_d, y) and torch.equal(s_d, s)
+
+
+def test_step_half_inputs():
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=1, H=5, G=3, init=True, dtype=torch.bfloat16)
+    args = (x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED)
+    y, s = naive_ssd_step(h0, *args, D=D, dt_bias=dt_bias, dt_softplus=True)
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    y32, s32 = naive_ssd_step(h0, *(t.float() for t in args[:5]), RAGGED, D=D, dt_bias=dt_bias, dt_softplus=True)
+    assert_close(s, s32)
+    assert_close(y.float(), y32, atol=5e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("head_to_group", [None, RAGGED], ids=["consecutive", "ragged"])
+def test_prefill_then_steps_continue_the_scan(head_to_group):
+    H, G = (4, 2) if head_to_group is None else (5, 3)
+    T, prefill = 70, 66
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=T, H=H, G=G, init=True, seed=11)
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=True, dt_limit=(0.001, 2.0))
+    y_full, s_full = naive_ssd_chunk_scan(x, dt, A, B, C, head_to_group, chunk_size=16, initial_state=h0,
+                                          output_final_state=True, **kw)
+    y_pre, state = ssd_chunk_scan(x[:, :prefill], dt[:, :prefill], A, B[:, :prefill], C[:, :prefill], head_to_group,
+                                  chunk_size=16, initial_state=h0, output_final_state=True, **kw)
+    ys = [y_pre]
+    for t in range(prefill, T):
+        y_t, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], head_to_group, **kw)
+        ys.append(y_t[:, None])
+    assert_close(torch.cat(ys, dim=1), y_full)
+    assert_close(state, s_full)
+
+
+def test_chunk_state_callback_sees_the_states_at_chunk_boundaries():
+    T = 50
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=T, H=5, G=3, init=True, seed=5)
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=True)
+    # the states step by step
+    states, state = [], h0
+    for t in range(T):
+        _, state = naive_ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], RAGGED, **kw)
+        states.append(state)
+    seen = []
+    y, s = naive_ssd_chunk_scan(x, dt, A, B, C, RAGGED, chunk_size=16, initial_state=h0, output_final_state=True,
+                                chunk_state_callback=lambda i, st: seen.append((i, st.clone())), **kw)
+    assert [i for i, _ in seen] == [0, 1, 2, 3]
+    for (_, st), end in zip(seen, (16, 32, 48, T)):
+        assert st.shape == (2, 5, 8, 16)
+        assert_close(st, states[end - 1])
+    assert torch.equal(seen[-1][1], s)
+    y2, _ = naive_ssd_chunk_scan(x, dt, A, B, C, RAGGED, chunk_size=16, initial_state=h0, **kw)
+    assert torch.equal(y, y2)  # the callback changes nothing
+
+
+def test_half_inputs_and_empty_sequence():
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=40, H=5, G=3, init=True, dtype=torch.bfloat16)
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=True, initial_state=h0, output_final_state=True, chunk_size=16)
+    y, s = naive_ssd_chunk_scan(x, dt, A, B, C, RAGGED, **kw)
+    assert y.dtype == torch.float32 and s.dtype == torch.float32  # fp32 like transformers
+    y32, s32 = naive_ssd_chunk_scan(x.float(), dt.float(), A, B.float(), C.float(), RAGGED, **kw)
+    assert_close(y, y32)
+    assert_close(s, s32)
+    y0, s0 = naive_ssd_chunk_scan(x[:, :0], dt[:, :0], A, B[:, :0], C[:, :0], RAGGED, **kw)
+    assert y0.shape == (2, 0, 5, 8)
+    assert torch.equal(s0, h0)
+
+
+# --------------------------------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------------------------------
+
+
+def test_gradcheck_double():
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(Bt=1, T=5, H=3, P=2, G=2, N=3, init=True)
+    inputs = [t.double().requires_grad_() for t in (x, dt, A, B, C, D, dt_bias, h0)]
+    h2g = torch.tensor([1, 0, 1])
+
+    def scan(x, dt, A, B, C, D, dt_bias, h0):
+        return naive_ssd_chunk_scan(x, dt, A, B, C, h2g, chunk_size=2, D=D, dt_bias=dt_bias, dt_softplus=True,
+                                    initial_state=h0, output_final_state=True)
+
+    def step(x, dt, A, B, C, D, dt_bias, h0):
+        return naive_ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], h2g, D=D, dt_bias=dt_bias,
+                              dt_softplus=True)
+
+    y, s = scan(*inputs)
+    assert y.dtype == torch.float64 and s.dtype == torch.float64
+    assert torch.autograd.gradcheck(scan, inputs, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(step, inputs, eps=1e-6, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_input_validation():
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=4, H=5, G=3, init=True)
+    scan = ssd_chunk_scan
+    with pytest.raises(ValueError, match="H % G == 0"):
+        scan(x, dt, A, B, C)  # 5 heads, 3 groups, no map
+    with pytest.raises(ValueError, match="must be 4-D"):
+        scan(x[0], dt, A, B, C, RAGGED)
+    with pytest.raises(ValueError, match="dt must have shape"):
+        scan(x, dt[..., None], A, B, C, RAGGED)
+    with pytest.raises(ValueError, match="B must have shape"):
+        scan(x, dt, A, B[:, :2], C, RAGGED)
+    with pytest.raises(ValueError, match="same shape"):
+        scan(x, dt, A, B, C[..., :8], RAGGED)
+    with pytest.raises(ValueError, match="A must have shape"):
+        scan(x, dt, A[:4], B, C, RAGGED)
+    with pytest.raises(ValueError, match="D must have shape"):
+        scan(x, dt, A, B, C, RAGGED, D=D[:, None].expand(5, 8))
+    with pytest.raises(ValueError, match="dt_bias must have shape"):
+        scan(x, dt, A, B, C, RAGGED, dt_bias=dt_bias[:2])
+    with pytest.raises(ValueError, match="initial_state"):
+        scan(x, dt, A, B, C, RAGGED, initial_state=h0[..., :4])
+    with pytest.raises(ValueError, match="chunk_size"):
+        scan(x, dt, A, B, C, RAGGED, chunk_size=0)
+    with pytest.raises(ValueError, match="dt_limit"):
+        scan(x, dt, A, B, C, RAGGED, dt_limit=(1.0, 0.5))
+    with pytest.raises(ValueError, match="dt_limit"):
+        scan(x, dt, A, B, C, RAGGED, dt_limit=0.5)
+    # head->group maps
+    with pytest.raises(ValueError, match=r"\[0, G\)"):
+        scan(x, dt, A, B, C, [0, 1, 3, 0, 1])
+    with pytest.raises(ValueError, match=r"\[0, G\)"):
+        scan(x, dt, A, B, C, [0, 1, -1, 0, 1])
+    with pytest.raises(ValueError, match="shape \\[H\\]"):
+        scan(x, dt, A, B, C, [0, 1, 2])
+    with pytest.raises(ValueError, match="integer"):
+        scan(x, dt, A, B, C, torch.tensor(RAGGED, dtype=torch.float32))
+    # the step
+    step_args = (x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+    with pytest.raises(ValueError, match="H % G == 0"):
+        ssd_step(h0, *step_args)
+    with pytest.raises(ValueError, match="3-D"):
+        ssd_step(h0, x, *step_args[1:], RAGGED)
+    with pytest.raises(ValueError, match="dt must have shape"):
+        ssd_step(h0, step_args[0], dt[:, :2], *step_args[2:], RAGGED)
+    with pytest.raises(ValueError, match="B must have shape"):
+        ssd_step(h0, *step_args[:3], B, step_args[4], RAGGED)
+    with pytest.raises(ValueError, match="state must have shape"):
+        ssd_step(h0[:1], *step_args, RAGGED)
+    with pytest.raises(ValueError, match=r"\[0, G\)"):
+        ssd_step(h0, *step_args, [0, 1, 5, 0, 1])
+
+
+# --------------------------------------------------------------------------------------------------
+# dispatch, API, self-containment
+# --------------------------------------------------------------------------------------------------
+
+
+class _FakeCuda(torch.Tensor):
+    is_cuda = True
+
+
+def test_dispatch_rules(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(backend_module, "triton_available", lambda: True)  # as on a CUDA machine with triton
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=5, H=5, G=3, init=True)
+    scan_args = (x, dt, A, B, C, RAGGED)
+    step_args = (h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED)
+    y_ref, _ = naive_ssd_chunk_scan(*scan_args, D=D)
+    ys_ref, _ = naive_ssd_step(*step_args, D=D)
+    # auto: the torch reference on CPU, and on CUDA too (no Triton SSD kernel: no error)
+    assert torch.equal(ssd_chunk_scan(*scan_args, D=D)[0], y_ref)
+    assert torch.equal(ssd_step(*step_args, D=D)[0], ys_ref)
+    y_cuda, _ = ssd_chunk_scan(x.as_subclass(_FakeCuda), *scan_args[1:], D=D)
+    assert torch.equal(y_cuda.as_subclass(torch.Tensor), y_ref)
+    ys_cuda, _ = ssd_step(h0.as_subclass(_FakeCuda), *step_args[1:], D=D)
+    assert torch.equal(ys_cuda.as_subclass(torch.Tensor), ys_ref)
+    assert torch.equal(ssd_chunk_scan(*scan_args, D=D, backend="torch")[0], y_ref)
+    # triton asked for (argument, context, environment): refused clearly
+    for fn, args in ((ssd_chunk_scan, scan_args), (ssd_step, step_args)):
+        with pytest.raises(ValueError, match="no Triton kernel for the Mamba2 SSD"):
+            fn(*args, backend="triton")
+        with use_backend("triton"):
+            with pytest.raises(ValueError, match="no Triton kernel"):
+                fn(*args)
+            assert torch.is_tensor(fn(*args, backend="torch")[0])
+        monkeypatch.setenv(ENV_VAR, "triton")
+        with pytest.raises(ValueError, match="no Triton kernel"):
+            fn(*args)
+        monkeypatch.delenv(ENV_VAR)
+    # calls that need gradients run the torch reference whatever backend was asked for (as every kernel)
+    leaf = x.clone().requires_grad_()
+    y, _ = ssd_chunk_scan(leaf, *scan_args[1:], D=D, backend="triton")
+    assert y.grad_fn is not None
+    assert_close(y, y_ref)
+
+
+def test_kernels_public_api():
+    for name in ("ssd_chunk_scan", "ssd_step", "naive_ssd_chunk_scan", "naive_ssd_step"):
+        assert name in kernels.__all__
+    scan = list(inspect.signature(ssd_chunk_scan).parameters)
+    naive_scan = list(inspect.signature(naive_ssd_chunk_scan).parameters)
+    assert naive_scan[-1] == "chunk_state_callback" and scan == [*naive_scan[:-1], "backend"]
+    assert list(inspect.signature(ssd_step).parameters) == [*inspect.signature(naive_ssd_step).parameters, "backend"]
+    assert "no Triton" in ssd_chunk_scan.__doc__ and "head_to_group" in ssd_step.__doc__
+
+
+def test_naive_reference_is_self_contained():
+    """naive.py is copied next to checkpoints for trust_remote_code users: torch and the standard library only."""
+    from hf_rankprune.kernels.mamba2_ssd import naive
+
+    tree = ast.parse(inspect.getsource(naive))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in naive.py"
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"__future__", "torch"} | set(sys.stdlib_module_names), imported
+    assert "hf_rankprune" not in imported
