@@ -158,6 +158,7 @@ def build_model_card(
         "total_heads": plan.num_value_heads,
         "removed_percent": percent,
         "uniform": plan.is_uniform,
+        "stock": plan.loads_in_stock,
         "auto_class": "AutoModelForImageTextToText" if vision_language else "AutoModelForCausalLM",
         "version": __version__,
         "settings": _Settings(settings),

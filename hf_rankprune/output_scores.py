@@ -15,9 +15,10 @@ For every score here a HIGH score means an IMPORTANT head, so the natural direct
   calibration set at most. Both costs are printed before the work starts.
 - `taylor`: first-order importance (Michel et al. 2019): |m_h * dL/dm_h| of a head mask m = 1, L the language-model
   loss of the calibration samples, averaged over batches; one forward and one backward per batch.
-- `activation`: Minitron-style (ModelOpt's Mamba importance): per output channel of the head (the output projection's
-  input), sqrt(sum over samples of (mean over tokens of |x|)^2), then the L2 norm over the head's channels; one
-  forward per batch.
+- `activation`: Minitron-style (ModelOpt's Mamba importance): per channel of the head (where the family's adapter
+  says, `head_activations`: the output projection's input, or for Mamba2 SSD the head's x channels of `in_proj`),
+  sqrt(sum over samples of (mean over tokens of |x|)^2), then the L2 norm over the head's channels; one forward per
+  batch.
 - `decay`: data-free, from `A_log` / `dt_bias`: log of the head's memory length, -log(1 - exp(g)) with
   g = -exp(A_log) * softplus(dt_bias) the per-token log decay at a zero gate input. A head that forgets fast has
   a short memory and a low score. No forward at all.
@@ -172,16 +173,16 @@ def decay_scores(model, samples=None, config: RankPruneConfig | None = None, *, 
 @torch.no_grad()
 def activation_scores(model, samples, config: RankPruneConfig, *, budget: GreedyBudget | None = None,
                       progress: bool = True, verbose: bool = True) -> ImportanceScores:  # fmt: skip
-    """Minitron-style: per output channel sqrt(sum over samples of (mean over tokens |x|)^2), x the output
-    projection's input; per head the L2 norm over its channels. One forward per batch."""
+    """Minitron-style: per channel sqrt(sum over samples of (mean over tokens |x|)^2), x the head's channels where
+    the adapter reads them (`head_activations`); per head the L2 norm over its channels. One forward per batch."""
     adapter, input_ids, batches, device = _prepared(model, samples, config, "activation")
-    modules = adapter.head_output_modules()
-    sums = [torch.zeros(layer.num_value_heads * layer.value_dim, dtype=torch.float64) for layer, _ in modules]
+    modules = adapter.head_activations()
+    sums = [torch.zeros(layer.num_value_heads * layer.value_dim, dtype=torch.float64) for layer, _, _ in modules]
     handles = []
 
-    def make_hook(position: int):
-        def hook(_module, args):
-            x = args[0].detach().abs().float()
+    def make_hook(position: int, select):
+        def hook(_module, args, output):
+            x = select(args, output).detach().abs().float()
             per_sample = x.reshape(x.shape[0], -1, x.shape[-1]).mean(dim=1)  # [batch, channels]
             sums[position] += per_sample.pow(2).sum(dim=0).to("cpu", torch.float64)
 
@@ -189,8 +190,8 @@ def activation_scores(model, samples, config: RankPruneConfig, *, budget: Greedy
 
     _say(verbose, f"activation: {len(batches)} forwards ({input_ids.shape[0]} samples x {input_ids.shape[1]} tokens)")
     try:
-        for position, (_, module) in enumerate(modules):
-            handles.append(module.register_forward_pre_hook(make_hook(position)))
+        for position, (_, module, select) in enumerate(modules):
+            handles.append(module.register_forward_hook(make_hook(position, select)))
         with _eval_mode(model):
             for batch in tqdm(batches, desc="activation scores", unit="batch", disable=not progress):
                 model(input_ids=batch.to(device), use_cache=False)
@@ -199,7 +200,7 @@ def activation_scores(model, samples, config: RankPruneConfig, *, budget: Greedy
             handle.remove()
     scores = [
         total.sqrt().reshape(layer.num_value_heads, layer.value_dim).norm(dim=1).numpy()
-        for total, (layer, _) in zip(sums, modules)
+        for total, (layer, _, _) in zip(sums, modules)
     ]
     return ImportanceScores(scores, _measured("activation", input_ids, config, forwards=len(batches), backwards=0))
 

@@ -402,6 +402,12 @@ class PrunePlan:
         return len(counts) == 1 and all(layer.is_consecutive_uniform() for layer in self.layers)
 
     @property
+    def loads_in_stock(self) -> bool:
+        """A uniform plan whose family's config can state the pruned head counts (`model_info["stock_uniform"]`,
+        False where the config derives its widths from hidden_size * expand): stock transformers loads the result."""
+        return self.is_uniform and bool(self.model_info.get("stock_uniform", True))
+
+    @property
     def is_identity(self) -> bool:
         return not self.pruned_layers
 

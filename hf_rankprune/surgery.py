@@ -39,8 +39,9 @@ def apply_plan(model: nn.Module, plan: PrunePlan, carry: Sequence[dict[str, torc
     the plan relative to the original model is stored in `model.config.rankprune_plan` (read it with
     `model_plan(model)`).
 
-    A plan whose composition with earlier pruning is uniform keeps the stock module classes and edits the config's
-    head counts (the adapter's `head_count_keys`); otherwise pruned layers become the family's ragged layer class,
+    A plan whose composition with earlier pruning is uniform (and stock-expressible, `PrunePlan.loads_in_stock`) keeps
+    the stock module classes and edits the config's head counts (the adapter's `head_count_keys`); otherwise pruned
+    layers become the family's ragged layer class,
     with their own head counts and value->key map, and the model/config classes become the registered
     `*_rankpruned` ones. Accelerate hooks are carried over to rebuilt modules.
 
@@ -50,9 +51,10 @@ def apply_plan(model: nn.Module, plan: PrunePlan, carry: Sequence[dict[str, torc
     """
     adapter = get_adapter(model)
     plan.validate_for(adapter.geometry())
+    adapter.check_plan(plan)
     previous = PrunePlan.from_config(adapter.config)
     total = previous.compose(plan) if previous is not None else plan
-    uniform = total.is_uniform
+    uniform = total.loads_in_stock
     if not uniform:
         check_can_carry_ragged(model)
     infos = {info.index: info for info in adapter.linear_layers()}
@@ -190,7 +192,7 @@ def save_pruned(
         raise PlanError("the model carries no prune plan (config.rankprune_plan): prune it before save_pruned.")
     inputs = (getattr(model, "name_or_path", None), source_model)  # the output may not overlap what was read
     check_output_dir(save_directory, overwrite, inputs)
-    ragged = not plan.is_uniform
+    ragged = not plan.loads_in_stock
     if ragged:
         check_can_carry_ragged(model)
     if max_shard_size is not None:

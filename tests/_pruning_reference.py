@@ -46,11 +46,18 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 def zeroed_reference(model: torch.nn.Module, kept: dict[int, list[int]]) -> torch.nn.Module:
     """A copy of the (unpruned) `model` whose value heads not in `kept[layer]` are zeroed in the output projection
-    (the adapter's `head_output_modules`: `out_proj`, or the family's name for it)."""
+    (the adapter's `head_output_modules`: `out_proj`, or the family's name for it). Mamba2 SSD mixers normalise over
+    groups of heads, so there the removed heads are masked inside the mixer instead (`mask_ssd_heads`)."""
     from hf_rankprune.arch import get_adapter  # here: fresh processes that must not import hf_rankprune use greedy()
 
     reference = copy.deepcopy(model)
-    for layer, projection in get_adapter(reference).head_output_modules():
+    adapter = get_adapter(reference)
+    if adapter.family == "mamba2_ssd":
+        for layer in adapter.linear_layers():
+            if layer.index in kept:
+                mask_ssd_heads(layer.module, kept[layer.index])
+        return reference
+    for layer, projection in adapter.head_output_modules():
         if layer.index not in kept:
             continue
         columns = projection.weight.view(projection.weight.shape[0], layer.num_value_heads, layer.value_dim)
@@ -59,6 +66,29 @@ def zeroed_reference(model: torch.nn.Module, kept: dict[int, list[int]]) -> torc
                 if head not in kept[layer.index]:
                     columns[:, head] = 0
     return reference
+
+
+def mask_ssd_heads(mixer: torch.nn.Module, kept: list[int]) -> None:
+    """The exactness reference of SSD head removal, written from the stock mixer's gated norm (gate, then RMS over
+    each group of I / G channels): the heads not in `kept` are zeroed before the norm's statistics, which each group
+    takes over its remaining heads only; the removed heads' outputs are then zero."""
+    norm, heads, head_dim = mixer.norm, mixer.num_heads, mixer.head_dim
+    groups = torch.arange(heads) // (heads // mixer.n_groups)
+    keep = torch.zeros(heads, dtype=torch.bool)
+    keep[list(kept)] = True
+
+    def forward(hidden_states, gate=None):
+        states = hidden_states.to(torch.float32) * torch.nn.functional.silu(gate.to(torch.float32))
+        states = states.view(*states.shape[:-1], heads, head_dim) * keep[:, None]
+        out = torch.zeros_like(states)
+        for group in range(mixer.n_groups):
+            members = (groups == group) & keep
+            if members.any():
+                variance = states[..., members, :].pow(2).mean(dim=(-2, -1), keepdim=True)
+                out[..., members, :] = states[..., members, :] * torch.rsqrt(variance + norm.variance_epsilon)
+        return norm.weight * out.reshape(hidden_states.shape).to(hidden_states.dtype)
+
+    norm.forward = forward
 
 
 def greedy(model: torch.nn.Module, prompt: torch.Tensor, steps: int = 16):

@@ -48,7 +48,7 @@ def test_observed_states_are_the_models_true_states(family):
         final = reference.past_key_values.get_recurrent_state(layer)
         assert (captured[(layer, 3)] - final).abs().max().item() <= 1e-5
         # intermediate states differ from the final one (they really are earlier states)
-        assert (captured[(layer, 0)] - final).abs().max().item() > 1e-3
+        assert (captured[(layer, 0)] - final).abs().max().item() > 1e-2 * final.abs().max().item()
 
 
 def test_intermediate_state_matches_a_prefix_run():

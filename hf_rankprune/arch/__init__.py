@@ -15,7 +15,7 @@ from ..errors import AdapterError
 from .base import LinearAttentionAdapter, LinearLayerInfo
 from .registry import adapter_class_for_config, get_adapter, register_adapter, supported_model_types
 
-_SHARED = {"base", "registry", "observation", "gated_deltanet", "kimi_delta"}
+_SHARED = {"base", "registry", "observation", "gated_deltanet", "kimi_delta", "mamba2_ssd"}
 for _module in pkgutil.iter_modules(__path__):  # one file per family: adding a family touches no other file
     if _module.name not in _SHARED:
         importlib.import_module(f"{__name__}.{_module.name}")

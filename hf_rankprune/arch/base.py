@@ -61,6 +61,9 @@ class LinearAttentionAdapter:
     ragged_model_classes: ClassVar[tuple[type, ...]] = ()  # stock model classes with a ragged-pruned counterpart
     layer_attribute: ClassVar[str] = "linear_attn"  # the decoder layer's attribute holding the linear layer
     head_count_keys: ClassVar[tuple[str, str]] = ("linear_num_value_heads", "linear_num_key_heads")
+    # whether the stock config can state a uniform plan's head counts (False: widths derived from hidden * expand, so
+    # uniform plans too become the ragged-pruned model type)
+    stock_config_takes_uniform_plans: ClassVar[bool] = True
     # canonical tensor name -> (KEY | VALUE, axis holding the heads), or None for tensors shared by all heads
     head_axes: ClassVar[dict[str, tuple[str, int] | None]]
 
@@ -137,6 +140,7 @@ class LinearAttentionAdapter:
             "attention_caches": self.attention_caches(),
             "fixed_states": self.fixed_states(),
             "dtype": dtype_name(dtype),
+            **({} if self.stock_config_takes_uniform_plans else {"stock_uniform": False}),
         }
 
     def conv_kernel_size(self) -> int:
@@ -170,6 +174,9 @@ class LinearAttentionAdapter:
         none by default."""
         return []
 
+    def check_plan(self, plan) -> None:
+        """Refuse (before any change) a plan the family cannot carry out exactly; every plan by default."""
+
     def set_head_counts(self, num_value_heads: int, num_key_heads: int) -> None:
         """Write the head counts every stock layer is built with into the config (`head_count_keys`)."""
         value_key, key_key = self.head_count_keys
@@ -180,8 +187,9 @@ class LinearAttentionAdapter:
     @contextlib.contextmanager
     def observe_states(self, grid: Sequence[int], callback: StateCallback) -> Iterator[None]:
         """Within the block, every prefill of a linear layer from an empty state calls `callback(layer, g, state)`
-        at each grid position `grid[g]` the sequence reaches; `state` is [batch, value_heads, d_k, d_v]. Outputs
-        are unchanged, and nothing per token is kept."""
+        at each grid position `grid[g]` the sequence reaches; `state` is [batch, value_heads, d_k, d_v] (or its
+        transpose, as the family's cache holds it: every state statistic is transpose-invariant). Outputs are
+        unchanged, and nothing per token is kept."""
         raise NotImplementedError
         yield
 
@@ -193,6 +201,12 @@ class LinearAttentionAdapter:
     def gate_log_decay(self) -> list[torch.Tensor]:
         """Per linear layer, per value head, the log of the state's per-token decay at a zero gate input."""
         raise NotImplementedError
+
+    def head_activations(self) -> list[tuple[LinearLayerInfo, nn.Module, Callable]]:
+        """Per linear layer, where the `activation` score reads each head's channels: (layer, module, select), with
+        `select(inputs, output)` of that module's forward giving [..., num_value_heads * value_dim], head h in
+        channels [h * value_dim, (h + 1) * value_dim). Default: the head outputs (`head_output_modules`' input)."""
+        return [(layer, module, lambda inputs, output: inputs[0]) for layer, module in self.head_output_modules()]
 
     # -- surgery (the engine is `hf_rankprune.surgery`) -------------------------------------------------------------
     def canonical_weights(self, module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -120,3 +120,71 @@ def _patched_sites(adapter, sites, make_wrapper) -> Iterator[None]:
             setattr(site, name, original)
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def observe_ssd_scan(
+    adapter: LinearAttentionAdapter,
+    grid: Sequence[int],
+    callback: StateCallback,
+    stock_sites: Sequence[tuple[ModuleType, str]],
+    ragged_sites: Sequence[tuple[ModuleType, str]],
+    one_pass_kernel: Callable,
+) -> Iterator[None]:
+    """The Mamba2 SSD analogue of `observe_chunk_kernel`: the stock layers call `mamba2_chunk_scan(x, dt, A, B, C,
+    chunk_size, ..., initial_states=, return_final_states=)` and the ragged ones `ssd_chunk_scan(x, dt, A, B, C,
+    head_to_group, ..., initial_state=, output_final_state=)`; both are run through `one_pass_kernel` (the package's
+    SSD reference, which takes the head->group map) in one pass over the whole prefill, calling back at every grid
+    position, which must be a multiple of 64 inside the sequence (SSD layers are calibrated on the default grid).
+    States are handed over as the cache holds them, [batch, heads, head_dim, d_state] (the transpose of the other
+    families' [d_k, d_v] orientation; every state statistic is transpose-invariant). Outputs equal the stock kernel's
+    to float32 round-off; nothing per token is kept."""
+    grid = list(grid)
+    grid_index = {position: index for index, position in enumerate(grid)}
+
+    def observe(layer, x, dt, A, B, C, head_to_group, kwargs):
+        length = x.shape[1]
+        off_grid = [position for position in grid if position < length and position % CHUNK]
+        if off_grid:
+            raise ValueError(
+                f"SSD layers are observed at multiples of {CHUNK} tokens; the grid has {off_grid}: use the default "
+                "grid (grid_step 64)."
+            )
+
+        def snapshot(chunk: int, state) -> None:
+            position = min((chunk + 1) * CHUNK, length)
+            if position in grid_index:
+                callback(layer, grid_index[position], state)
+
+        return one_pass_kernel(
+            x, dt, A, B, C, head_to_group=head_to_group, chunk_size=CHUNK, D=kwargs.get("D"),
+            dt_bias=kwargs.get("dt_bias"), dt_softplus=kwargs.get("dt_softplus", False),
+            dt_limit=kwargs.get("dt_limit", (0.0, float("inf"))), output_final_state=True,
+            chunk_state_callback=snapshot,
+        )  # fmt: skip
+
+    def wrap_stock(original: Callable, current_layer: Callable[[], int | None]) -> Callable:
+        torch_original = getattr(original, "__wrapped__", original)
+
+        def observed(x, dt, A, B, C, *args, **kwargs):
+            layer = current_layer()
+            kernel = torch_original if x.device.type == "cpu" else original
+            if layer is None or args or kwargs.get("initial_states") is not None or kwargs.get("seq_idx") is not None:
+                return kernel(x, dt, A, B, C, *args, **kwargs)
+            output, state = observe(layer, x, dt, A, B, C, None, kwargs)
+            return (output, state) if kwargs.get("return_final_states") else output
+
+        return observed
+
+    def wrap_ragged(original: Callable, current_layer: Callable[[], int | None]) -> Callable:
+        def observed(x, dt, A, B, C, head_to_group=None, **kwargs):
+            layer = current_layer()
+            if layer is None or kwargs.get("initial_state") is not None:
+                return original(x, dt, A, B, C, head_to_group, **kwargs)
+            output, state = observe(layer, x, dt, A, B, C, head_to_group, kwargs)
+            return output, (state if kwargs.get("output_final_state") else None)
+
+        return observed
+
+    with _patched_sites(adapter, stock_sites, wrap_stock), _patched_sites(adapter, ragged_sites, wrap_ragged):
+        yield

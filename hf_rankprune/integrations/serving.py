@@ -34,7 +34,7 @@ def vllm_python() -> str | None:
 
 def layout_summary(plan) -> str:
     """Which layout a pruned checkpoint has, what loads it, and (ragged) how to get a servable one."""
-    if plan.is_uniform:
+    if plan.loads_in_stock:
         first = plan.layers[0]
         replicas, parameters = plan.num_replicated_key_heads, plan.replicated_parameters
         extra = ""

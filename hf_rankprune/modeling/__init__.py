@@ -21,6 +21,7 @@ from .modeling_rankpruned import (
     build_pruned_layers,
     rankpruned_kda_layer_class,
     rankpruned_model_class,
+    rankpruned_ssd_layer_class,
     register_conversion_mapping,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "build_pruned_layers",
     "rankpruned_config_class",
     "rankpruned_kda_layer_class",
+    "rankpruned_ssd_layer_class",
     "rankpruned_model_class",
     "register_conversion_mapping",
     "write_remote_code",
@@ -43,6 +45,7 @@ _HERE = Path(__file__).resolve().parent
 KERNEL_FILES = {
     "rankprune_gated_delta_rule_naive.py": "gated_delta_rule/naive.py",
     "rankprune_kimi_delta_attention_naive.py": "kimi_delta_attention/naive.py",
+    "rankprune_mamba2_ssd_naive.py": "mamba2_ssd/naive.py",
 }
 
 
@@ -61,7 +64,7 @@ def write_remote_code(folder: Path, model_class: type) -> dict[str, str]:
     stock_layer = getattr(layer_class, "stock_layer_class", None)  # a ragged layer made from its stock class
     layer_lines = (
         f"from {stock_layer.__module__} import {stock_layer.__name__}  # noqa: E402\n\n"
-        f"{layer_class.__name__} = rankpruned_kda_layer_class({stock_layer.__name__})\n"
+        f"{layer_class.__name__} = {layer_class.layer_factory}({stock_layer.__name__})\n"
         if stock_layer is not None
         else ""
     )

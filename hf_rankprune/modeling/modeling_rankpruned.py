@@ -7,6 +7,11 @@ Qwen3.5 layout (`in_proj_qkv [q all | k all | v all]`, `in_proj_z`, `in_proj_b`,
 gated-delta-rule family; what the families differ in inside a layer (gate activation, beta scale, norm eps) comes
 from the config (`rankprune_layer_options`, written by the family's adapter).
 
+The other recurrences' ragged layers are their stock layer classes with their own head counts, made by factories:
+`rankpruned_kda_layer_class` (Kimi delta attention: no head groups, so a head count is all a layer needs) and
+`rankpruned_ssd_layer_class` (Mamba2 SSD: heads and groups, a head -> group map, and the gated norm's statistics taken
+per group). Their forwards call the package's kernels; the conv kernels, gates and norms are the stock modules'.
+
 `rankpruned_model_class` makes the ragged counterpart of a stock CausalLM (or vision-language model): its pruned linear
 layers are rebuilt from the language model's `rankprune_plan` at construction, so `from_pretrained` loads pruned
 checkpoints. Their model types read checkpoints through the stock type's checkpoint conversion
@@ -14,8 +19,8 @@ checkpoints. Their model types read checkpoints through the stock type's checkpo
 
 Self-contained (imports torch, transformers and its sibling files only): this file is copied next to pruned
 checkpoints for `trust_remote_code=True` users who do not have hf_rankprune installed, with lines at its end that
-define the checkpoint's classes; the kernels then come from the copied torch reference
-(`rankprune_gated_delta_rule_naive.py`).
+define the checkpoint's classes; the kernels then come from the copied torch references
+(`rankprune_<recurrence>_naive.py`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ try:
         chunk_kimi_delta_attention,
         fused_recurrent_gated_delta_rule,
         fused_recurrent_kimi_delta_attention,
+        ssd_chunk_scan,
+        ssd_step,
     )
 except ImportError:  # copied next to a checkpoint and loaded with trust_remote_code, without hf_rankprune
     from .rankprune_gated_delta_rule_naive import naive_chunk_gated_delta_rule as chunk_gated_delta_rule
@@ -51,6 +58,8 @@ except ImportError:  # copied next to a checkpoint and loaded with trust_remote_
     from .rankprune_kimi_delta_attention_naive import (
         naive_recurrent_kimi_delta_attention as fused_recurrent_kimi_delta_attention,
     )
+    from .rankprune_mamba2_ssd_naive import naive_ssd_chunk_scan as ssd_chunk_scan
+    from .rankprune_mamba2_ssd_naive import naive_ssd_step as ssd_step
 
 PLAN_CONFIG_KEY = "rankprune_plan"
 LAYER_OPTIONS_KEY = "rankprune_layer_options"
@@ -299,9 +308,140 @@ def rankpruned_kda_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Mo
         "__module__": __name__,
         "__doc__": f"`{stock_layer_class.__name__}` with its own number of heads (a ragged-pruned layer).",
         "stock_layer_class": stock_layer_class,
+        "layer_factory": "rankpruned_kda_layer_class",  # how remote code re-creates the class
     }
     layer_class = type(f"RankPruned{stock_layer_class.__name__}", (stock_layer_class,), namespace)
     _KDA_LAYER_CLASSES[stock_layer_class] = layer_class
+    return layer_class
+
+
+def _grouped_gated_norm(norm: nn.Module, hidden_states, gate, head_to_group: torch.Tensor, head_dim: int):
+    """The Mamba2 gated RMSNorm (gate before the norm) with its statistics taken over each group's heads, whatever
+    the group sizes: the stock norm with `group_size = I / G` when the groups are equal and consecutive."""
+    input_dtype = hidden_states.dtype
+    hidden_states = hidden_states.to(torch.float32) * F.silu(gate.to(torch.float32))
+    heads = hidden_states.view(*hidden_states.shape[:-1], -1, head_dim)
+    per_head = heads.pow(2).mean(-1)
+    groups = int(head_to_group.max()) + 1
+    sums = per_head.new_zeros(*per_head.shape[:-1], groups).index_add_(-1, head_to_group, per_head)
+    variance = (sums / torch.bincount(head_to_group, minlength=groups).to(sums))[..., head_to_group]
+    heads = heads * torch.rsqrt(variance + norm.variance_epsilon)[..., None]
+    return norm.weight * heads.reshape(hidden_states.shape).to(input_dtype)
+
+
+def _ssd_forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=None, **kwargs):
+    """The stock Mamba2 mixer forward (Mamba2, Nemotron-H, Bamba, Granite-4.0-H, Zamba2: the same code) with heads
+    reading B/C through `value_to_key` (head -> group) and the gated norm's statistics taken per group; the conv
+    kernels are the stock layer's own, the scan calls hf_rankprune's SSD kernels."""
+    if cache is None:
+        cache = kwargs.pop("cache_params", None) or kwargs.pop("past_key_values", None)
+    stock = sys.modules[self.stock_layer_class.__module__]
+    batch_size, seq_len, _ = hidden_states.shape
+    dtype = hidden_states.dtype
+    if cache is not None:
+        conv_state = cache.get_conv_state(self.layer_idx, state_idx=0)
+        recurrent_state = cache.get_recurrent_state(self.layer_idx, state_idx=0)
+    else:
+        conv_state, recurrent_state = None, None
+    hidden_states = stock.apply_mask_to_padding_states(hidden_states, attention_mask)
+    projected_states = self.in_proj(hidden_states)
+    A = -torch.exp(self.A_log.float())
+    gate, xbc, dt = projected_states.split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
+    xbc = xbc.transpose(1, 2)
+    weight = self.conv1d.weight.squeeze(1)
+    if conv_state is not None and seq_len == 1 and not cache.is_recording_past(self.layer_idx):
+        xbc = stock.causal_conv1d_update(xbc, conv_state, weight, self.conv1d.bias, activation=self.activation)
+    else:
+        if cache is not None:
+            xbc = cache.update_conv_state(xbc, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+        xbc = stock.causal_conv1d_fn(xbc, weight, self.conv1d.bias, activation=self.activation)
+        if cache is not None:
+            xbc = xbc[:, :, -seq_len:]
+    xbc = stock.apply_mask_to_padding_states(xbc.transpose(1, 2), attention_mask)
+    groups_width = self.n_groups * self.ssm_state_size
+    x, B, C = torch.split(xbc, [self.intermediate_size, groups_width, groups_width], dim=-1)
+    head_to_group = self.value_to_key.to(x.device)
+    if recurrent_state is not None and seq_len == 1:
+        # the stock decoding step applies no time_step_limit (its prefill does)
+        scan_output, state = ssd_step(
+            recurrent_state, x.view(batch_size, self.num_heads, self.head_dim), dt.view(batch_size, self.num_heads),
+            A, B.view(batch_size, self.n_groups, -1), C.view(batch_size, self.n_groups, -1), head_to_group,
+            D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+        )  # fmt: skip
+    else:
+        scan_output, state = ssd_chunk_scan(
+            x.view(batch_size, seq_len, self.num_heads, self.head_dim), dt, A,
+            B.view(batch_size, seq_len, self.n_groups, -1), C.view(batch_size, seq_len, self.n_groups, -1),
+            head_to_group, chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            dt_limit=self.time_step_limit, initial_state=recurrent_state, output_final_state=cache is not None,
+        )  # fmt: skip
+    if cache is not None:
+        cache.update_recurrent_state(state, layer_idx=self.layer_idx)
+    scan_output = scan_output.reshape(batch_size, seq_len, -1)
+    scan_output = _grouped_gated_norm(self.norm, scan_output, gate, head_to_group, self.head_dim)
+    return self.out_proj(scan_output.to(dtype))
+
+
+def _resize_ssd_mixer(mixer: nn.Module, num_heads: int, num_groups: int) -> None:
+    """Give a stock Mamba2 mixer (built at its config's size) `num_heads` heads in `num_groups` groups: every
+    parameter whose size depends on them is rebuilt (uninitialised: the caller loads weights), dtypes kept."""
+    head_dim, state_size, hidden = mixer.head_dim, mixer.ssm_state_size, mixer.hidden_size
+    inner = num_heads * head_dim
+    conv_dim = inner + 2 * num_groups * state_size
+    kernel = mixer.conv1d.kernel_size[0]
+
+    def like(old: torch.Tensor, *shape: int) -> nn.Parameter:
+        return nn.Parameter(torch.empty(*shape, dtype=old.dtype, device=old.device))
+
+    mixer.num_heads, mixer.n_groups, mixer.intermediate_size, mixer.conv_dim = num_heads, num_groups, inner, conv_dim
+    for name, rows, cols in (("in_proj", inner + conv_dim + num_heads, hidden), ("out_proj", hidden, inner)):
+        old = getattr(mixer, name)
+        new = nn.Linear(cols, rows, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+        setattr(mixer, name, new)
+    old = mixer.conv1d
+    mixer.conv1d = nn.Conv1d(conv_dim, conv_dim, kernel, groups=conv_dim, padding=kernel - 1,
+                             bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)  # fmt: skip
+    for name in ("dt_bias", "A_log", "D"):
+        setattr(mixer, name, like(getattr(mixer, name), num_heads))
+    mixer.norm.weight = like(mixer.norm.weight, inner)
+    mixer.norm.group_size = inner // num_groups  # unused by the ragged forward (its groups may be unequal)
+
+
+_SSD_LAYER_CLASSES: dict[type, type] = {}
+
+
+def rankpruned_ssd_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Module]:
+    """The ragged layer class of a stock Mamba2 mixer class: the stock mixer with its own numbers of heads and groups
+    and an explicit head -> group map (`value_to_key`, a persistent buffer), so a plan may leave groups of unequal
+    sizes. Parameter names are the stock ones (checkpoint conversion applies as for stock layers)."""
+    if stock_layer_class in _SSD_LAYER_CLASSES:
+        return _SSD_LAYER_CLASSES[stock_layer_class]
+
+    def __init__(self, config, layer_idx: int, num_key_heads: int, num_value_heads: int, value_to_key) -> None:
+        mapping = [int(g) for g in value_to_key]
+        if len(mapping) != int(num_value_heads) or sorted(set(mapping)) != list(range(int(num_key_heads))):
+            raise ValueError(
+                f"layer {layer_idx}: value_to_key {mapping} must map {num_value_heads} heads onto all of "
+                f"{num_key_heads} groups."
+            )
+        stock_layer_class.__init__(self, config, layer_idx)
+        _resize_ssd_mixer(self, int(num_value_heads), int(num_key_heads))
+        self.register_buffer("value_to_key", torch.tensor(mapping, dtype=torch.long), persistent=True)
+
+    def extra_repr(self) -> str:
+        return f"layer_idx={self.layer_idx}, num_heads={self.num_heads}, n_groups={self.n_groups}"
+
+    namespace = {
+        "__init__": __init__,
+        "forward": force_accelerate_hooks("conv1d")(_ssd_forward),
+        "extra_repr": extra_repr,
+        "__module__": __name__,
+        "__doc__": f"`{stock_layer_class.__name__}` with its own heads and head -> group map (a ragged-pruned layer).",
+        "stock_layer_class": stock_layer_class,
+        "layer_factory": "rankpruned_ssd_layer_class",  # how remote code re-creates the class
+    }
+    layer_class = type(f"RankPruned{stock_layer_class.__name__}", (stock_layer_class,), namespace)
+    _SSD_LAYER_CLASSES[stock_layer_class] = layer_class
     return layer_class
 
 

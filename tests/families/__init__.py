@@ -61,11 +61,11 @@ FAMILIES: dict[str, TinyFamily] = {}
 
 
 def fill_dt_bias(model: nn.Module, value: float) -> nn.Module:
-    """Set every KDA forget gate's `dt_bias` to `value`: the stock draw (softplus in [0.001, 0.1]) makes every head of
-    a tiny random model keep a full-rank state; with `value` the heads' decays follow their spread `A_log`
-    (tests/conftest.py), as in trained models."""
+    """Set every `dt_bias` (KDA forget gates, SSD mixers) to `value`: the stock draw (softplus in [0.001, 0.1]) makes
+    every head of a tiny random model keep a full-rank state; with `value` the heads' decays follow their spread
+    `A_log` (tests/conftest.py), as in trained models."""
     for name, param in model.named_parameters():
-        if name.endswith("forget_gate.dt_bias"):
+        if name.endswith("dt_bias"):
             param.data.fill_(value)
     return model
 

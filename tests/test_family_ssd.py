@@ -1,0 +1,115 @@
+"""Mamba2 SSD families: what differs from the delta-rule families.
+
+A group's gated norm spans its heads, so exactness is against the original with the removed heads masked inside the
+mixer (tests/_pruning_reference.py `mask_ssd_heads`), which zeroing their outputs is not; groups (key heads) go with
+their last head; a stock layout may not copy a group; the activation score reads the heads' x channels of in_proj.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from _pruning_reference import PLANS, assert_same_outputs, prefill_logits, zeroed_reference
+from conftest import build_tiny_model
+from families import FAMILIES
+from test_recipe import on_meta, synthetic_stats
+
+from hf_rankprune.arch import get_adapter, model_geometry
+from hf_rankprune.plan import PlanError, PrunePlan
+from hf_rankprune.surgery import apply_plan
+
+SSD = sorted(name for name in FAMILIES if get_adapter(build_tiny_model(name)).family == "mamba2_ssd")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mixers(model):
+    return [layer.module for layer in get_adapter(model).linear_layers()]
+
+
+@pytest.mark.parametrize("family", SSD)
+def test_removal_equals_masking_inside_the_mixer_not_zeroing_the_output(family):
+    model = build_tiny_model(family)
+    kept = PLANS["ragged_groups"]
+    masked = zeroed_reference(model, kept)  # masked inside the mixer for SSD families
+    zeroed = copy.deepcopy(model)
+    for mixer in mixers(zeroed):  # the delta-rule families' reference: the removed heads' out_proj columns zeroed
+        if mixer.layer_idx in kept:
+            columns = mixer.out_proj.weight.data.view(-1, mixer.num_heads, mixer.head_dim)
+            columns[:, [h for h in range(mixer.num_heads) if h not in kept[mixer.layer_idx]]] = 0
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), kept))
+    assert_same_outputs(model, masked)
+    ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(1))
+    assert (prefill_logits(model, ids) - prefill_logits(zeroed, ids)).abs().max() > 1e-4  # the norm couples heads
+
+
+@pytest.mark.parametrize("family", SSD)
+def test_a_group_goes_with_its_last_head(family):
+    model = build_tiny_model(family)
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["global"]))  # layer 3 keeps head 7 only
+    mixer = {m.layer_idx: m for m in mixers(model)}[3]
+    heads, groups, head_dim, state = mixer.num_heads, mixer.n_groups, mixer.head_dim, mixer.ssm_state_size
+    assert (heads, groups) == (1, 1) and mixer.value_to_key.tolist() == [0]
+    assert mixer.in_proj.weight.shape[0] == 2 * heads * head_dim + 2 * groups * state + heads
+    assert mixer.conv1d.weight.shape[0] == heads * head_dim + 2 * groups * state
+
+
+@pytest.mark.parametrize("family", SSD)
+def test_a_ragged_mixer_with_every_head_computes_what_the_stock_mixer_computes(family):
+    model = build_tiny_model(family)
+    stock = mixers(model)[0]
+    ragged = get_adapter(model).build_ragged_layer(0, stock.n_groups, stock.num_heads,
+                                                   (torch.arange(stock.num_heads) // (stock.num_heads // stock.n_groups)).tolist())  # fmt: skip
+    ragged.load_state_dict(stock.state_dict(), strict=False)
+    hidden = torch.randn(2, 70, stock.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (stock(hidden) - ragged(hidden)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("family", SSD)
+def test_a_stock_layout_copying_a_group_is_refused_before_any_change(family):
+    model = build_tiny_model(family)
+    before = copy.deepcopy(model.state_dict())
+    plan = PrunePlan.from_kept_heads(model_geometry(model), PLANS["equal_counts"]).to_stock_layout()
+    assert plan.num_replicated_key_heads
+    with pytest.raises(PlanError, match="copies an SSD group"):
+        apply_plan(model, plan)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", SSD)
+def test_activation_score_reads_the_x_channels_of_in_proj(family):
+    from hf_rankprune.config import RankPruneConfig
+    from hf_rankprune.output_scores import activation_scores
+
+    model = build_tiny_model(family)
+    ids = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(2))
+    scores = activation_scores(model, ids, RankPruneConfig(seq_len=32, batch_size=2), progress=False, verbose=False)
+    captured = []
+    mixer = mixers(model)[0]
+    handle = mixer.in_proj.register_forward_hook(lambda m, args, out: captured.append(out.detach()))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    inner = mixer.intermediate_size
+    x = captured[0][..., inner : 2 * inner].abs().mean(dim=1)  # [samples, H * P]: mean over tokens
+    expected = x.pow(2).sum(dim=0).sqrt().reshape(mixer.num_heads, mixer.head_dim).norm(dim=1)
+    torch.testing.assert_close(torch.as_tensor(scores.scores[0]).float(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_nemotron_h_recipe_makes_a_stock_uniform_plan_on_the_default_geometry():
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    from hf_rankprune.recipe import check_architecture, load_recipe
+    from hf_rankprune.scoring import plan_from_stats
+
+    recipe = load_recipe(REPO / "recipes" / "nemotron_h.yaml")
+    model = on_meta(NemotronHForCausalLM, NemotronHConfig())
+    check_architecture(recipe, model)
+    plan = plan_from_stats(model, synthetic_stats(model), recipe.config)
+    # the nearest equal-group count to 0.389 of 128 heads: 6 groups of 13 (two groups go with their B/C)
+    assert plan.is_uniform and plan.settings["removed_value_heads"] == 50 * len(plan.layers)
+    assert all(la.group_sizes() == [13] * 6 for la in plan.layers)
+    assert plan.memory(context_length=2048, state_dtype="float32").state_reduction == pytest.approx(50 / 128)
