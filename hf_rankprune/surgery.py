@@ -156,6 +156,8 @@ def _swap_model_classes(model: nn.Module, ragged: bool) -> None:
     target = ragged_class_of(model) if ragged else stock_class_of(model)
     if target is not None and type(model) is not target:
         model.config.__class__ = target.config_class
+        if "model_type" in vars(model.config):  # some configs keep the type read from config.json on the instance
+            model.config.model_type = target.config_class.model_type
         model.__class__ = target
 
 

@@ -99,17 +99,60 @@ def test_activation_score_reads_the_x_channels_of_in_proj(family):
     torch.testing.assert_close(torch.as_tensor(scores.scores[0]).float(), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_nemotron_h_recipe_makes_a_stock_uniform_plan_on_the_default_geometry():
-    from transformers import NemotronHConfig, NemotronHForCausalLM
+RECIPES = {  # recipe: (model class, config class, kept heads per group, groups kept, stock-loadable)
+    "nemotron_h.yaml": ("NemotronHForCausalLM", "NemotronHConfig", 13, 6, True),  # of 8 groups of 16: two groups go
+    "bamba.yaml": ("BambaForCausalLM", "BambaConfig", 79, 1, False),  # of 1 group of 128
+    "granitemoehybrid.yaml": ("GraniteMoeHybridForCausalLM", "GraniteMoeHybridConfig", 79, 1, False),
+}
+
+
+@pytest.mark.parametrize("recipe_name", sorted(RECIPES))
+def test_recipe_makes_a_uniform_plan_on_the_default_geometry(recipe_name):
+    import transformers
 
     from hf_rankprune.recipe import check_architecture, load_recipe
     from hf_rankprune.scoring import plan_from_stats
 
-    recipe = load_recipe(REPO / "recipes" / "nemotron_h.yaml")
-    model = on_meta(NemotronHForCausalLM, NemotronHConfig())
+    model_class, config_class, per_group, groups, stock = RECIPES[recipe_name]
+    recipe = load_recipe(REPO / "recipes" / recipe_name)
+    model = on_meta(getattr(transformers, model_class), getattr(transformers, config_class)())
     check_architecture(recipe, model)
     plan = plan_from_stats(model, synthetic_stats(model), recipe.config)
-    # the nearest equal-group count to 0.389 of 128 heads: 6 groups of 13 (two groups go with their B/C)
-    assert plan.is_uniform and plan.settings["removed_value_heads"] == 50 * len(plan.layers)
-    assert all(la.group_sizes() == [13] * 6 for la in plan.layers)
-    assert plan.memory(context_length=2048, state_dtype="float32").state_reduction == pytest.approx(50 / 128)
+    assert plan.is_uniform and plan.loads_in_stock == stock
+    assert all(la.group_sizes() == [per_group] * groups for la in plan.layers)
+    kept = per_group * groups / plan.layers[0].num_value_heads
+    assert plan.memory(context_length=2048, state_dtype="float32").state_reduction == pytest.approx(1 - kept)
+
+
+@pytest.mark.parametrize("family", SSD)
+def test_uniform_plans_are_stock_checkpoints_only_where_the_config_can_state_them(family, tmp_path):
+    from conftest import save_tiny_model
+
+    from hf_rankprune.loading import load_model_and_tokenizer
+    from hf_rankprune.surgery import save_pruned
+
+    model, tokenizer = load_model_and_tokenizer(str(save_tiny_model(family, tmp_path / "source")))
+    stock = get_adapter(model).stock_config_takes_uniform_plans
+    stock_type = model.config.model_type
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["uniform"]))
+    assert model.config.model_type == (stock_type if stock else f"{stock_type}_rankpruned")
+    folder = save_pruned(model, tmp_path / "pruned", tokenizer)
+    assert (folder / "modeling_rankpruned.py").exists() != stock  # remote code where stock transformers cannot load
+    reloaded, _ = load_model_and_tokenizer(str(folder))
+    assert type(reloaded).__name__ == type(model).__name__
+    for (name, before), after in zip(model.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(before, after), name
+
+
+@pytest.mark.parametrize("family", ["bamba", "nemotron_h"])
+def test_the_card_says_what_loads_a_uniform_checkpoint(family):
+    from hf_rankprune.card import build_model_card
+
+    model = build_tiny_model(family)
+    plan = PrunePlan.from_kept_heads(model_geometry(model), PLANS["uniform"])
+    text = build_model_card(plan, base_model_name="tiny").text
+    assert "uniform plan (same head counts in every layer)" in text
+    assert "Every head of a linear-attention layer (Mamba2 SSD)" in text
+    stock = plan.loads_in_stock
+    assert ("cannot\nstate fewer heads" in text or "cannot state fewer heads" in text) == (not stock)
+    assert ("trust_remote_code=True" in text) == (not stock)

@@ -1,0 +1,35 @@
+"""Granite 4.0-H: Mamba2 SSD mixers (8 heads of dim 16 in 2 groups, state 16: mamba_expand 2 on hidden 64), one
+attention layer, MoE MLPs; its config derives the mixer width from hidden_size * mamba_expand."""
+
+from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+
+from . import TinyFamily, fill_dt_bias, register
+
+
+def build(values: dict, vision: bool):
+    config = GraniteMoeHybridConfig(
+        vocab_size=values["vocab_size"],
+        hidden_size=values["hidden_size"],
+        intermediate_size=128,
+        num_hidden_layers=values["num_hidden_layers"],
+        layer_types=values["layer_types"],
+        num_attention_heads=values["num_attention_heads"],
+        num_key_value_heads=values["num_key_value_heads"],
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        shared_intermediate_size=32,
+        mamba_n_heads=values["linear_num_value_heads"],
+        mamba_n_groups=values["linear_num_key_heads"],
+        mamba_d_head=values["linear_value_head_dim"],
+        mamba_d_state=values["linear_key_head_dim"],
+        mamba_expand=values["linear_num_value_heads"] * values["linear_value_head_dim"] // values["hidden_size"],
+        mamba_d_conv=values["linear_conv_kernel_dim"],
+        max_position_embeddings=values["max_position_embeddings"],
+        eos_token_id=0,
+        pad_token_id=None,
+        bos_token_id=None,
+    )
+    return fill_dt_bias(GraniteMoeHybridForCausalLM(config), 1.0)  # softplus(1) = 1.31, as the GDN families' default
+
+
+register(TinyFamily("granitemoehybrid", build))
