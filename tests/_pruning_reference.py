@@ -36,7 +36,8 @@ def expected_uniform(kind: str, geometry) -> bool:
     number of heads in every layer."""
     if all(layer.num_key_heads == layer.num_value_heads for layer in geometry.layers):
         return len({len(PLANS[kind].get(layer.index, range(layer.num_value_heads))) for layer in geometry.layers}) == 1
-    return kind in UNIFORM
+    # families with a linear layer the plans leave alone (Mamba2, Zamba2: layer 2) keep it whole: not uniform
+    return kind in UNIFORM and {layer.index for layer in geometry.layers} <= set(PLANS[kind])
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -71,14 +72,27 @@ def zeroed_reference(model: torch.nn.Module, kept: dict[int, list[int]]) -> torc
 def mask_ssd_heads(mixer: torch.nn.Module, kept: list[int]) -> None:
     """The exactness reference of SSD head removal, written from the stock mixer's gated norm (gate, then RMS over
     each group of I / G channels): the heads not in `kept` are zeroed before the norm's statistics, which each group
-    takes over its remaining heads only; the removed heads' outputs are then zero."""
+    takes over its remaining heads only; the removed heads' outputs are then zero.
+
+    Falcon-H1 (`FalconH1Mixer`): without `mamba_rms_norm` its norm is an identity that the mixer does not call (the
+    output is y * silu(z), heads do not interact), so the removed heads' y * silu(z) are zeroed where out_proj reads
+    them; with it, `FalconH1RMSNormGated` multiplies its weight in fp32 and, with `norm_before_gate`, gates after
+    the norm."""
     norm, heads, head_dim = mixer.norm, mixer.num_heads, mixer.head_dim
     groups = torch.arange(heads) // (heads // mixer.n_groups)
     keep = torch.zeros(heads, dtype=torch.bool)
     keep[list(kept)] = True
+    falcon = hasattr(mixer, "mamba_rms_norm")
+    if falcon and not mixer.mamba_rms_norm:
+        channels = keep.repeat_interleave(head_dim)
+        mixer.out_proj.register_forward_pre_hook(lambda module, args: (args[0] * channels.to(args[0]),))
+        return
+    gate_after = falcon and norm.norm_before_gate
 
     def forward(hidden_states, gate=None):
-        states = hidden_states.to(torch.float32) * torch.nn.functional.silu(gate.to(torch.float32))
+        states = hidden_states.to(torch.float32)
+        if not gate_after:
+            states = states * torch.nn.functional.silu(gate.to(torch.float32))
         states = states.view(*states.shape[:-1], heads, head_dim) * keep[:, None]
         out = torch.zeros_like(states)
         for group in range(mixer.n_groups):
@@ -86,7 +100,12 @@ def mask_ssd_heads(mixer: torch.nn.Module, kept: list[int]) -> None:
             if members.any():
                 variance = states[..., members, :].pow(2).mean(dim=(-2, -1), keepdim=True)
                 out[..., members, :] = states[..., members, :] * torch.rsqrt(variance + norm.variance_epsilon)
-        return norm.weight * out.reshape(hidden_states.shape).to(hidden_states.dtype)
+        if not falcon:
+            return norm.weight * out.reshape(hidden_states.shape).to(hidden_states.dtype)
+        out = norm.weight * out.reshape(hidden_states.shape)
+        if gate_after:
+            out = out * torch.nn.functional.silu(gate.to(torch.float32))
+        return out.to(hidden_states.dtype)
 
     norm.forward = forward
 

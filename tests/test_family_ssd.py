@@ -72,7 +72,9 @@ def test_a_ragged_mixer_with_every_head_computes_what_the_stock_mixer_computes(f
 def test_a_stock_layout_copying_a_group_is_refused_before_any_change(family):
     model = build_tiny_model(family)
     before = copy.deepcopy(model.state_dict())
-    plan = PrunePlan.from_kept_heads(model_geometry(model), PLANS["equal_counts"]).to_stock_layout()
+    kept = {2: PLANS["equal_counts"][0], **PLANS["equal_counts"]}  # layer 2 too where it is a mixer (Mamba2, Zamba2)
+    kept = {layer: heads for layer, heads in kept.items() if layer in [m.layer_idx for m in mixers(model)]}
+    plan = PrunePlan.from_kept_heads(model_geometry(model), kept).to_stock_layout()
     assert plan.num_replicated_key_heads
     with pytest.raises(PlanError, match="copies an SSD group"):
         apply_plan(model, plan)
@@ -134,7 +136,8 @@ def test_uniform_plans_are_stock_checkpoints_only_where_the_config_can_state_the
     model, tokenizer = load_model_and_tokenizer(str(save_tiny_model(family, tmp_path / "source")))
     stock = get_adapter(model).stock_config_takes_uniform_plans
     stock_type = model.config.model_type
-    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["uniform"]))
+    kept = {m.layer_idx: PLANS["uniform"].get(m.layer_idx, PLANS["uniform"][0]) for m in mixers(model)}
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), kept))  # uniform over every mixer
     assert model.config.model_type == (stock_type if stock else f"{stock_type}_rankpruned")
     folder = save_pruned(model, tmp_path / "pruned", tokenizer)
     assert (folder / "modeling_rankpruned.py").exists() != stock  # remote code where stock transformers cannot load

@@ -59,7 +59,7 @@ class LinearAttentionAdapter:
     recurrence: ClassVar[str]  # its name for people ("Gated DeltaNet", ...): model cards say what a head is
     model_types: ClassVar[tuple[str, ...]]  # stock model types (the `*_rankpruned` ones come from the ragged pairs)
     ragged_model_classes: ClassVar[tuple[type, ...]] = ()  # stock model classes with a ragged-pruned counterpart
-    layer_attribute: ClassVar[str] = "linear_attn"  # the decoder layer's attribute holding the linear layer
+    layer_attribute: ClassVar[str | tuple[str, ...]] = "linear_attn"  # decoder layer path(s) to the linear layer
     head_count_keys: ClassVar[tuple[str, str]] = ("linear_num_value_heads", "linear_num_key_heads")
     # whether the stock config can state a uniform plan's head counts (False: widths derived from hidden * expand, so
     # uniform plans too become the ragged-pruned model type)

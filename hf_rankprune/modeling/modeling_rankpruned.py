@@ -10,7 +10,8 @@ from the config (`rankprune_layer_options`, written by the family's adapter).
 The other recurrences' ragged layers are their stock layer classes with their own head counts, made by factories:
 `rankpruned_kda_layer_class` (Kimi delta attention: no head groups, so a head count is all a layer needs) and
 `rankpruned_ssd_layer_class` (Mamba2 SSD: heads and groups, a head -> group map, and the gated norm's statistics taken
-per group). Their forwards call the package's kernels; the conv kernels, gates and norms are the stock modules'.
+per group; Falcon-H1's mixer projects and gates differently: `_SSD_VARIANTS`). Their forwards call the package's
+kernels; the conv kernels, gates and norms are the stock modules'.
 
 `rankpruned_model_class` makes the ragged counterpart of a stock CausalLM (or vision-language model): its pruned linear
 layers are rebuilt from the language model's `rankprune_plan` at construction, so `from_pretrained` loads pruned
@@ -276,7 +277,25 @@ def _kimi_delta_attention_forward(self, hidden_states: torch.Tensor, cache=None,
     return self.o_proj(output)
 
 
-_KDA_LAYER_CLASSES: dict[type, type] = {}
+_RAGGED_SUBCLASSES: dict[type, type] = {}
+
+
+def _ragged_subclass(stock_layer_class: type[nn.Module], factory: str, forward, doc: str, **members) -> type:
+    """`RankPruned<stock class>`: the stock layer class with a ragged `__init__` (in `members`) and `forward`, made
+    once per stock class; `factory` names the function that makes it, for the remote code written next to
+    checkpoints (`write_remote_code`)."""
+    if stock_layer_class not in _RAGGED_SUBCLASSES:
+        namespace = {
+            "forward": force_accelerate_hooks("conv1d")(forward),
+            "__module__": __name__,
+            "__doc__": f"`{stock_layer_class.__name__}` {doc} (a ragged-pruned layer).",
+            "stock_layer_class": stock_layer_class,
+            "layer_factory": factory,
+            **members,
+        }
+        name = f"RankPruned{stock_layer_class.__name__}"
+        _RAGGED_SUBCLASSES[stock_layer_class] = type(name, (stock_layer_class,), namespace)
+    return _RAGGED_SUBCLASSES[stock_layer_class]
 
 
 def rankpruned_kda_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Module]:
@@ -284,8 +303,6 @@ def rankpruned_kda_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Mo
     heads. KDA has no key-head groups (value head h reads key head h), so a layer is fully described by its head
     count; its submodules and parameter names are the stock ones (checkpoint conversion and fp32 rules apply as for
     stock layers), and its forward calls hf_rankprune's kernels."""
-    if stock_layer_class in _KDA_LAYER_CLASSES:
-        return _KDA_LAYER_CLASSES[stock_layer_class]
 
     def __init__(self, config, layer_idx: int, num_key_heads: int, num_value_heads: int, value_to_key) -> None:
         heads, mapping = int(num_value_heads), [int(k) for k in value_to_key]
@@ -301,38 +318,47 @@ def rankpruned_kda_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Mo
     def extra_repr(self) -> str:
         return f"layer_idx={self.layer_idx}, num_heads={self.num_heads}"
 
-    namespace = {
-        "__init__": __init__,
-        "forward": force_accelerate_hooks("conv1d")(_kimi_delta_attention_forward),
-        "extra_repr": extra_repr,
-        "__module__": __name__,
-        "__doc__": f"`{stock_layer_class.__name__}` with its own number of heads (a ragged-pruned layer).",
-        "stock_layer_class": stock_layer_class,
-        "layer_factory": "rankpruned_kda_layer_class",  # how remote code re-creates the class
-    }
-    layer_class = type(f"RankPruned{stock_layer_class.__name__}", (stock_layer_class,), namespace)
-    _KDA_LAYER_CLASSES[stock_layer_class] = layer_class
-    return layer_class
+    return _ragged_subclass(stock_layer_class, "rankpruned_kda_layer_class", _kimi_delta_attention_forward,
+                            "with its own number of heads", __init__=__init__, extra_repr=extra_repr)  # fmt: skip
 
 
-def _grouped_gated_norm(norm: nn.Module, hidden_states, gate, head_to_group: torch.Tensor, head_dim: int):
+def _grouped_gated_norm(norm: nn.Module, hidden_states, gate, head_to_group: torch.Tensor, head_dim: int,
+                        norm_before_gate: bool = False, weight_in_fp32: bool = False):  # fmt: skip
     """The Mamba2 gated RMSNorm (gate before the norm) with its statistics taken over each group's heads, whatever
-    the group sizes: the stock norm with `group_size = I / G` when the groups are equal and consecutive."""
+    the group sizes: the stock norm with `group_size = I / G` when the groups are equal and consecutive.
+    `weight_in_fp32` (Falcon-H1's `FalconH1RMSNormGated`): the weight multiplies in fp32 and, with
+    `norm_before_gate`, the gate comes after the norm."""
     input_dtype = hidden_states.dtype
-    hidden_states = hidden_states.to(torch.float32) * F.silu(gate.to(torch.float32))
+    hidden_states = hidden_states.to(torch.float32)
+    if not norm_before_gate:
+        hidden_states = hidden_states * F.silu(gate.to(torch.float32))
     heads = hidden_states.view(*hidden_states.shape[:-1], -1, head_dim)
     per_head = heads.pow(2).mean(-1)
     groups = int(head_to_group.max()) + 1
     sums = per_head.new_zeros(*per_head.shape[:-1], groups).index_add_(-1, head_to_group, per_head)
     variance = (sums / torch.bincount(head_to_group, minlength=groups).to(sums))[..., head_to_group]
     heads = heads * torch.rsqrt(variance + norm.variance_epsilon)[..., None]
-    return norm.weight * heads.reshape(hidden_states.shape).to(input_dtype)
+    if not weight_in_fp32:
+        return norm.weight * heads.reshape(hidden_states.shape).to(input_dtype)
+    hidden_states = norm.weight * heads.reshape(hidden_states.shape)
+    if norm_before_gate:
+        hidden_states = hidden_states * F.silu(gate.to(torch.float32))
+    return hidden_states.to(input_dtype)
+
+
+def _ssd_project(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    return self.in_proj(hidden_states)
+
+
+def _ssd_finish(self, scan_output: torch.Tensor, gate: torch.Tensor, head_to_group: torch.Tensor) -> torch.Tensor:
+    return _grouped_gated_norm(self.norm, scan_output, gate, head_to_group, self.head_dim)
 
 
 def _ssd_forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=None, **kwargs):
-    """The stock Mamba2 mixer forward (Mamba2, Nemotron-H, Bamba, Granite-4.0-H, Zamba2: the same code) with heads
-    reading B/C through `value_to_key` (head -> group) and the gated norm's statistics taken per group; the conv
-    kernels are the stock layer's own, the scan calls hf_rankprune's SSD kernels."""
+    """The stock Mamba2 mixer forward (Mamba2, Nemotron-H, Bamba, Granite-4.0-H, Zamba2: the same code; Falcon-H1
+    with its own input projection and output gating, `_SSD_VARIANTS`) with heads reading B/C through `value_to_key`
+    (head -> group) and the gated norm's statistics taken per group; the conv kernels are the stock layer's own, the
+    scan calls hf_rankprune's SSD kernels."""
     if cache is None:
         cache = kwargs.pop("cache_params", None) or kwargs.pop("past_key_values", None)
     stock = sys.modules[self.stock_layer_class.__module__]
@@ -344,7 +370,7 @@ def _ssd_forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=N
     else:
         conv_state, recurrent_state = None, None
     hidden_states = stock.apply_mask_to_padding_states(hidden_states, attention_mask)
-    projected_states = self.in_proj(hidden_states)
+    projected_states = self.project(hidden_states)
     A = -torch.exp(self.A_log.float())
     gate, xbc, dt = projected_states.split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
     xbc = xbc.transpose(1, 2)
@@ -377,9 +403,56 @@ def _ssd_forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=N
         )  # fmt: skip
     if cache is not None:
         cache.update_recurrent_state(state, layer_idx=self.layer_idx)
-    scan_output = scan_output.reshape(batch_size, seq_len, -1)
-    scan_output = _grouped_gated_norm(self.norm, scan_output, gate, head_to_group, self.head_dim)
+    scan_output = self.finish(scan_output.reshape(batch_size, seq_len, -1), gate, head_to_group)
     return self.out_proj(scan_output.to(dtype))
+
+
+def _falcon_h1_project(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Falcon-H1's input projection: the input scaled by `ssm_in_multiplier`, in_proj's rows by `mup_vector`."""
+    return self.in_proj(hidden_states * self.ssm_in_multiplier) * self.mup_vector
+
+
+def _falcon_h1_finish(self, scan_output: torch.Tensor, gate: torch.Tensor, head_to_group: torch.Tensor):
+    """y * silu(z) without a norm (`mamba_rms_norm=False`: heads do not interact), else the gated norm with its
+    statistics per group, the gate before or after it (`mamba_norm_before_gate`), the weight in fp32."""
+    if not self.mamba_rms_norm:
+        return scan_output * F.silu(gate)
+    return _grouped_gated_norm(self.norm, scan_output, gate, head_to_group, self.head_dim,
+                               norm_before_gate=self.norm.norm_before_gate, weight_in_fp32=True)  # fmt: skip
+
+
+def _falcon_h1_mup_vector(mixer: nn.Module, multipliers) -> torch.Tensor:
+    """`compute_mup_vector` at a Falcon-H1 mixer's own size: `ssm_multipliers` over its z / x / B / C / dt rows."""
+    inner, groups_width = mixer.num_heads * mixer.head_dim, mixer.n_groups * mixer.ssm_state_size
+    sizes = (inner, inner, groups_width, groups_width, mixer.num_heads)
+    return torch.cat([torch.full((size,), float(m)) for size, m in zip(sizes, multipliers)]).view(1, 1, -1)
+
+
+def _falcon_h1_ssd_resize(mixer: nn.Module, config) -> None:
+    """Falcon-H1's extras at the mixer's own size: `mup_vector`, which `FalconH1Model` registers on stock mixers
+    (non-persistent, from the config), here from the layer's own geometry (surgery then loads the kept rows)."""
+    mixer.register_buffer("mup_vector", _falcon_h1_mup_vector(mixer, config.ssm_multipliers), persistent=False)
+    mixer.groups_time_state_size = mixer.n_groups * mixer.ssm_state_size
+    if hasattr(mixer.norm, "n_groups"):
+        mixer.norm.n_groups = mixer.n_groups  # unused by the ragged forward (its groups may be unequal)
+
+
+def _falcon_h1_init_mup_vectors(model: nn.Module) -> None:
+    """Every Falcon-H1 mixer's `mup_vector` (stock or ragged), at its own size. It is in no checkpoint:
+    `from_pretrained` fills it through `FalconH1Model`'s weight init, which transformers skips in custom-code models
+    (a ragged model class), so a loaded ragged model would keep the stock layers' buffers uninitialised."""
+    multipliers = model.config.get_text_config().ssm_multipliers
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(getattr(module, "mup_vector", None), torch.Tensor) and hasattr(module, "ssm_state_size"):
+                module.mup_vector.copy_(_falcon_h1_mup_vector(module, multipliers))
+
+
+# stock Mamba2 mixers whose forward differs from Mamba2's, by class name: (input projection, output gating, the
+# layer's extras at its size, the model's buffers a ragged model class must initialise itself)
+_SSD_VARIANTS = {
+    "FalconH1Mixer": (_falcon_h1_project, _falcon_h1_finish, _falcon_h1_ssd_resize, _falcon_h1_init_mup_vectors),
+}
 
 
 def _resize_ssd_mixer(mixer: nn.Module, num_heads: int, num_groups: int) -> None:
@@ -403,19 +476,17 @@ def _resize_ssd_mixer(mixer: nn.Module, num_heads: int, num_groups: int) -> None
                              bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)  # fmt: skip
     for name in ("dt_bias", "A_log", "D"):
         setattr(mixer, name, like(getattr(mixer, name), num_heads))
-    mixer.norm.weight = like(mixer.norm.weight, inner)
-    mixer.norm.group_size = inner // num_groups  # unused by the ragged forward (its groups may be unequal)
-
-
-_SSD_LAYER_CLASSES: dict[type, type] = {}
+    if getattr(mixer.norm, "weight", None) is not None:  # Falcon-H1 without `mamba_rms_norm`: nn.Identity
+        mixer.norm.weight = like(mixer.norm.weight, inner)
+        mixer.norm.group_size = inner // num_groups  # unused by the ragged forward (its groups may be unequal)
 
 
 def rankpruned_ssd_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Module]:
     """The ragged layer class of a stock Mamba2 mixer class: the stock mixer with its own numbers of heads and groups
     and an explicit head -> group map (`value_to_key`, a persistent buffer), so a plan may leave groups of unequal
     sizes. Parameter names are the stock ones (checkpoint conversion applies as for stock layers)."""
-    if stock_layer_class in _SSD_LAYER_CLASSES:
-        return _SSD_LAYER_CLASSES[stock_layer_class]
+    variant = _SSD_VARIANTS.get(stock_layer_class.__name__, (_ssd_project, _ssd_finish, None, None))
+    project, finish, resize_extras, init_model_buffers = variant
 
     def __init__(self, config, layer_idx: int, num_key_heads: int, num_value_heads: int, value_to_key) -> None:
         mapping = [int(g) for g in value_to_key]
@@ -426,23 +497,18 @@ def rankpruned_ssd_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Mo
             )
         stock_layer_class.__init__(self, config, layer_idx)
         _resize_ssd_mixer(self, int(num_value_heads), int(num_key_heads))
+        if resize_extras is not None:
+            resize_extras(self, config)
         self.register_buffer("value_to_key", torch.tensor(mapping, dtype=torch.long), persistent=True)
 
     def extra_repr(self) -> str:
         return f"layer_idx={self.layer_idx}, num_heads={self.num_heads}, n_groups={self.n_groups}"
 
-    namespace = {
-        "__init__": __init__,
-        "forward": force_accelerate_hooks("conv1d")(_ssd_forward),
-        "extra_repr": extra_repr,
-        "__module__": __name__,
-        "__doc__": f"`{stock_layer_class.__name__}` with its own heads and head -> group map (a ragged-pruned layer).",
-        "stock_layer_class": stock_layer_class,
-        "layer_factory": "rankpruned_ssd_layer_class",  # how remote code re-creates the class
-    }
-    layer_class = type(f"RankPruned{stock_layer_class.__name__}", (stock_layer_class,), namespace)
-    _SSD_LAYER_CLASSES[stock_layer_class] = layer_class
-    return layer_class
+    members = {"__init__": __init__, "extra_repr": extra_repr, "project": project, "finish": finish}
+    if init_model_buffers is not None:
+        members["init_model_buffers"] = staticmethod(init_model_buffers)
+    return _ragged_subclass(stock_layer_class, "rankpruned_ssd_layer_class", _ssd_forward,
+                            "with its own heads and head -> group map", **members)  # fmt: skip
 
 
 def pruned_layer_specs(config) -> dict[int, tuple[int, int, list[int]]]:
@@ -456,24 +522,42 @@ def pruned_layer_specs(config) -> dict[int, tuple[int, int, list[int]]]:
     return specs
 
 
-def build_pruned_layers(model: nn.Module, layer_attribute: str, layer_class: type[nn.Module]) -> None:
+def _linear_layer_path(decoder_layer: nn.Module, layer_attribute: str | tuple[str, ...]) -> str:
+    """The path (in `decoder_layer`) of its linear layer: `layer_attribute`, or the first of several paths (dotted
+    for nested modules) that the decoder layer has (families whose kinds of layer hold it in different places)."""
+    paths = (layer_attribute,) if isinstance(layer_attribute, str) else tuple(layer_attribute)
+    for path in paths:
+        try:
+            decoder_layer.get_submodule(path)
+        except AttributeError:
+            continue
+        return path
+    raise AttributeError(f"{type(decoder_layer).__name__} has none of {paths}")
+
+
+def build_pruned_layers(
+    model: nn.Module, layer_attribute: str | tuple[str, ...], layer_class: type[nn.Module]
+) -> None:
     """Replace each linear layer that the language model's `rankprune_plan` prunes (the `layer_attribute` of its
-    decoder layer) by a `layer_class` of its shape."""
+    decoder layer: an attribute, a dotted path, or several such paths, the first the decoder layer has) by a
+    `layer_class` of its shape."""
     text_config = model.config.get_text_config()
     specs = pruned_layer_specs(text_config)
     for index, decoder_layer in enumerate(model.get_decoder().layers):
         if index in specs:
             num_key_heads, num_value_heads, value_to_key = specs[index]
-            old = getattr(decoder_layer, layer_attribute)
+            owner_path, _, name = _linear_layer_path(decoder_layer, layer_attribute).rpartition(".")
+            owner = decoder_layer.get_submodule(owner_path) if owner_path else decoder_layer
+            old = getattr(owner, name)
             reference = next(old.parameters())
             new = layer_class(text_config, index, num_key_heads, num_value_heads, value_to_key)
-            setattr(decoder_layer, layer_attribute, new.to(device=reference.device, dtype=reference.dtype))
+            setattr(owner, name, new.to(device=reference.device, dtype=reference.dtype))
 
 
 def rankpruned_model_class(
     stock_model_class: type,
     config_class: type,
-    layer_attribute: str = "linear_attn",
+    layer_attribute: str | tuple[str, ...] = "linear_attn",
     layer_class: type[nn.Module] = RankPrunedGatedDeltaNet,
 ) -> type:
     """The ragged-pruned model class of `stock_model_class` (e.g. `Qwen3_5ForCausalLM` with config
@@ -495,6 +579,14 @@ def rankpruned_model_class(
         "ragged_layer_class": layer_class,
         "__annotations__": {"config": config_class},
     }
+    init_model_buffers = getattr(layer_class, "init_model_buffers", None)
+    if init_model_buffers is not None:  # buffers transformers' init leaves alone in custom-code models (Falcon-H1)
+
+        def initialize_weights(self):
+            stock_model_class.initialize_weights(self)
+            init_model_buffers(self)
+
+        namespace["initialize_weights"] = initialize_weights
     return type(name, (stock_model_class,), namespace)
 
 
