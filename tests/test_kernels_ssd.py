@@ -1,6 +1,11 @@
-"""Mamba2 SSD kernels (torch reference) with a head->group map: vs transformers' `mamba2_chunk_scan` and
+"""Mamba2 SSD kernels with a head->group map: the torch reference vs transformers' `mamba2_chunk_scan` and
 `mamba2_selective_state_update`, ragged maps vs transformers on B/C expanded to one group per head, prefill + decoding
-steps, the chunk-state callback, autograd, validation and dispatch. Tiny shapes throughout.
+steps, the chunk-state callback, autograd, validation and dispatch; the Triton kernels (interpreter, fp32) vs the
+torch reference. Tiny shapes throughout.
+
+The Triton tests (named `test_triton_*`) skip themselves unless the Triton interpreter is active and are run by
+`test_triton_suite_under_interpreter` in one pytest subprocess with `TRITON_INTERPRET=1` set from the start
+(see `_triton_interpreter.py`).
 """
 
 from __future__ import annotations
@@ -8,9 +13,11 @@ from __future__ import annotations
 import ast
 import inspect
 import sys
+import types
 
 import pytest
 import torch
+from _triton_interpreter import interpreter_active, require_interpreter, run_under_interpreter
 from transformers.models.nemotron_h import modeling_nemotron_h as nemotron_h
 
 from hf_rankprune import kernels
@@ -28,6 +35,12 @@ from hf_rankprune.kernels.backend import ENV_VAR
 # granitemoehybrid, zamba2, falcon_h1)
 hf_scan = inspect.unwrap(nemotron_h.mamba2_chunk_scan)
 hf_step = inspect.unwrap(nemotron_h.mamba2_selective_state_update)
+
+CHUNK_MODULE = "hf_rankprune.kernels.mamba2_ssd.chunk"
+RECURRENT_MODULE = "hf_rankprune.kernels.mamba2_ssd.fused_recurrent"
+# the step kernel calls the chunk module's dt helper: that module is (re)loaded first
+TRITON_MODULES = (CHUNK_MODULE, RECURRENT_MODULE)
+TRITON_TESTS = "test_triton_"
 
 INF = float("inf")
 RAGGED = [2, 0, 2, 1, 0]  # H = 5 heads over G = 3 groups of sizes 2, 1, 2, out of order
@@ -336,39 +349,117 @@ class _FakeCuda(torch.Tensor):
     is_cuda = True
 
 
-def test_dispatch_rules(monkeypatch):
+@pytest.fixture
+def fake_triton(monkeypatch):
+    """Stub Triton modules in place of the SSD kernel modules: the dispatcher's routing, without a GPU."""
+    calls = []
+
+    def stub(name):
+        def fwd(*args):
+            calls.append((name, args))
+            return "triton", None
+        return fwd
+
+    chunk = types.ModuleType(CHUNK_MODULE)
+    chunk.ssd_chunk_scan_fwd = stub("chunk")
+    recurrent = types.ModuleType(RECURRENT_MODULE)
+    recurrent.ssd_step_fwd = stub("step")
+    monkeypatch.setitem(sys.modules, CHUNK_MODULE, chunk)
+    monkeypatch.setitem(sys.modules, RECURRENT_MODULE, recurrent)
     monkeypatch.delenv(ENV_VAR, raising=False)
-    monkeypatch.setattr(backend_module, "triton_available", lambda: True)  # as on a CUDA machine with triton
+    return calls
+
+
+@pytest.mark.parametrize("op", ["chunk", "step"])
+def test_dispatch_rules(fake_triton, monkeypatch, op):
+    pytest.importorskip("triton")  # "auto" picks Triton on CUDA tensors only when triton is importable
     x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=5, H=5, G=3, init=True)
-    scan_args = (x, dt, A, B, C, RAGGED)
-    step_args = (h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED)
-    y_ref, _ = naive_ssd_chunk_scan(*scan_args, D=D)
-    ys_ref, _ = naive_ssd_step(*step_args, D=D)
-    # auto: the torch reference on CPU, and on CUDA too (no Triton SSD kernel: no error)
-    assert torch.equal(ssd_chunk_scan(*scan_args, D=D)[0], y_ref)
-    assert torch.equal(ssd_step(*step_args, D=D)[0], ys_ref)
-    y_cuda, _ = ssd_chunk_scan(x.as_subclass(_FakeCuda), *scan_args[1:], D=D)
+    h2g = torch.tensor(RAGGED)
+    if op == "chunk":
+        fn = ssd_chunk_scan
+        args = (x, dt, A, B, C, h2g, 16, D, dt_bias, True, (0.001, 2.0), h0, True)
+        grad_at = 0  # x
+    else:
+        fn = ssd_step
+        args = (h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], h2g, D, dt_bias, True, (0.001, 2.0))
+        grad_at = 0  # state
+    cuda_args = (args[0].as_subclass(_FakeCuda), *args[1:])
+
+    def routed(*a, **kw):
+        fake_triton.clear()
+        out = fn(*a, **kw)
+        assert len(fake_triton) <= 1
+        return fake_triton[0] if fake_triton else out
+
+    # auto: CUDA -> Triton with every argument in order, CPU -> torch
+    name, passed = routed(*cuda_args)
+    assert name == op and passed[1:] == args[1:] and passed[0] is cuda_args[0]
+    y, s = routed(*args)
+    assert torch.is_tensor(y) and s.shape == h0.shape
+    # the argument, the context, the environment
+    assert routed(*args, backend="triton")[0] == op
+    assert torch.is_tensor(routed(*cuda_args, backend="torch")[0])
+    with use_backend("triton"):
+        assert routed(*args)[0] == op
+        assert torch.is_tensor(routed(*args, backend="torch")[0])
+    monkeypatch.setenv(ENV_VAR, "triton")
+    assert routed(*args)[0] == op
+    # gradients force the torch reference; under no_grad they do not
+    leaf = args[grad_at].clone().requires_grad_()
+    grad_args = (*args[:grad_at], leaf, *args[grad_at + 1:])
+    y, s = routed(*grad_args, backend="triton")
+    assert y.grad_fn is not None and s.grad_fn is not None
+    with torch.no_grad():
+        assert routed(*grad_args, backend="triton")[0] == op
+
+
+def test_dispatch_without_triton_runs_the_reference(monkeypatch):
+    """auto on CUDA tensors without triton importable: the torch reference."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(backend_module, "triton_available", lambda: False)
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=5, H=5, G=3, init=True)
+    y_ref, _ = naive_ssd_chunk_scan(x, dt, A, B, C, RAGGED, D=D)
+    y_cuda, _ = ssd_chunk_scan(x.as_subclass(_FakeCuda), dt, A, B, C, RAGGED, D=D)
     assert torch.equal(y_cuda.as_subclass(torch.Tensor), y_ref)
-    ys_cuda, _ = ssd_step(h0.as_subclass(_FakeCuda), *step_args[1:], D=D)
+    ys_ref, _ = naive_ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED, D=D)
+    ys_cuda, _ = ssd_step(h0.as_subclass(_FakeCuda), x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED, D=D)
     assert torch.equal(ys_cuda.as_subclass(torch.Tensor), ys_ref)
-    assert torch.equal(ssd_chunk_scan(*scan_args, D=D, backend="torch")[0], y_ref)
-    # triton asked for (argument, context, environment): refused clearly
-    for fn, args in ((ssd_chunk_scan, scan_args), (ssd_step, step_args)):
-        with pytest.raises(ValueError, match="no Triton kernel for the Mamba2 SSD"):
-            fn(*args, backend="triton")
-        with use_backend("triton"):
-            with pytest.raises(ValueError, match="no Triton kernel"):
-                fn(*args)
-            assert torch.is_tensor(fn(*args, backend="torch")[0])
-        monkeypatch.setenv(ENV_VAR, "triton")
-        with pytest.raises(ValueError, match="no Triton kernel"):
-            fn(*args)
-        monkeypatch.delenv(ENV_VAR)
-    # calls that need gradients run the torch reference whatever backend was asked for (as every kernel)
-    leaf = x.clone().requires_grad_()
-    y, _ = ssd_chunk_scan(leaf, *scan_args[1:], D=D, backend="triton")
-    assert y.grad_fn is not None
-    assert_close(y, y_ref)
+
+
+def test_cpu_auto_calls_never_load_the_ssd_triton_kernels(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    for name in TRITON_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=3, H=5, G=3, init=True)
+    ssd_chunk_scan(x, dt, A, B, C, RAGGED)
+    ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED)
+    assert CHUNK_MODULE not in sys.modules and RECURRENT_MODULE not in sys.modules
+    if interpreter_active():
+        return
+    pytest.importorskip("triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        ssd_chunk_scan(x, dt, A, B, C, RAGGED, backend="triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED, backend="triton")
+
+
+def test_triton_limits_checked_before_launch():
+    """State size and dtype limits, and the reference's own checks, fail before any launch (no interpreter needed)."""
+    pytest.importorskip("triton")
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(Bt=1, T=2, H=2, G=1, N=264, init=True)
+    with pytest.raises(ValueError, match="up to N = 256"):
+        ssd_chunk_scan(x, dt, A, B, C, backend="triton")
+    with pytest.raises(ValueError, match="up to N = 256"):
+        ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], backend="triton")
+    with pytest.raises(TypeError, match="fp32, bf16 or fp16"):
+        ssd_chunk_scan(x.double(), dt, A, B, C, backend="triton")
+    x5, dt5, A5, B5, C5, _, _, _ = make_inputs(Bt=1, T=2, H=5, G=3)
+    with pytest.raises(ValueError, match="H % G == 0"):
+        ssd_chunk_scan(x5, dt5, A5, B5, C5, backend="triton")
+    with pytest.raises(ValueError, match="chunk_size"):
+        ssd_chunk_scan(x, dt, A, B, C, chunk_size=0, backend="triton")
+    with pytest.raises(ValueError, match=r"\[0, G\)"):
+        ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], [0, 1], backend="triton")
 
 
 def test_kernels_public_api():
@@ -378,7 +469,8 @@ def test_kernels_public_api():
     naive_scan = list(inspect.signature(naive_ssd_chunk_scan).parameters)
     assert naive_scan[-1] == "chunk_state_callback" and scan == [*naive_scan[:-1], "backend"]
     assert list(inspect.signature(ssd_step).parameters) == [*inspect.signature(naive_ssd_step).parameters, "backend"]
-    assert "no Triton" in ssd_chunk_scan.__doc__ and "head_to_group" in ssd_step.__doc__
+    assert "Triton" in ssd_chunk_scan.__doc__ and "no Triton" not in ssd_chunk_scan.__doc__
+    assert "head_to_group" in ssd_step.__doc__
 
 
 def test_naive_reference_is_self_contained():
@@ -395,3 +487,101 @@ def test_naive_reference_is_self_contained():
             imported.add(node.module.split(".")[0])
     assert imported <= {"__future__", "torch"} | set(sys.stdlib_module_names), imported
     assert "hf_rankprune" not in imported
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels under the interpreter (fp32) vs the torch reference
+# --------------------------------------------------------------------------------------------------
+
+TRITON_ATOL = TRITON_RTOL = 5e-5  # fp32; the kernel sums over its own 64-token chunks (the reference: 16 here)
+
+
+@pytest.fixture(scope="module")
+def triton_kernels():
+    require_interpreter(TRITON_MODULES)
+
+
+def test_triton_suite_under_interpreter():
+    """Run the Triton tests of this file in a pytest subprocess with TRITON_INTERPRET=1 from the start."""
+    run_under_interpreter(__file__, TRITON_TESTS)
+
+
+TRITON_SCAN_CASES = {  # (Bt, T, H, P, G, N, head_to_group, init, softplus, dt_limit)
+    "consecutive-2chunks": (2, 70, 4, 8, 2, 16, None, True, True, (0.0, INF)),
+    "ragged-odd-PN": (1, 33, 5, 16, 3, 24, RAGGED, False, True, (0.001, 2.0)),
+    "ragged-T1-raw-dt": (2, 1, 5, 8, 3, 16, RAGGED, True, False, (-INF, INF)),
+    "cyclic-P-blocks": (1, 9, 3, 72, 2, 16, [1, 0, 1], True, False, (0.05, 0.8)),
+    "one-group-N136": (1, 40, 2, 20, 1, 136, None, True, True, (0.0, INF)),
+}
+
+
+@pytest.mark.parametrize("case", list(TRITON_SCAN_CASES.values()), ids=list(TRITON_SCAN_CASES))
+def test_triton_scan_matches_reference(triton_kernels, case):
+    Bt, T, H, P, G, N, head_to_group, init, softplus, dt_limit = case
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(Bt=Bt, T=T, H=H, P=P, G=G, N=N, init=init, seed=T + N)
+    h2g = None if head_to_group is None else torch.tensor(head_to_group)
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=softplus, dt_limit=dt_limit, initial_state=h0)
+    y, s = ssd_chunk_scan(x, dt, A, B, C, h2g, chunk_size=16, output_final_state=True, backend="triton", **kw)
+    y_ref, s_ref = naive_ssd_chunk_scan(x, dt, A, B, C, h2g, chunk_size=16, output_final_state=True, **kw)
+    assert y.grad_fn is None and y.dtype == s.dtype == torch.float32
+    assert y.shape == (Bt, T, H, P) and s.shape == (Bt, H, P, N)
+    assert_close(y, y_ref, atol=TRITON_ATOL, rtol=TRITON_RTOL)
+    assert_close(s, s_ref, atol=TRITON_ATOL, rtol=TRITON_RTOL)
+    # no final state asked for; the chunk size is the kernel's own choice
+    y2, s2 = ssd_chunk_scan(x, dt, A, B, C, h2g, chunk_size=7, backend="triton", **kw)
+    assert s2 is None
+    assert_close(y2, y)
+
+
+def test_triton_scan_optional_arguments(triton_kernels):
+    """No D / dt_bias / initial state; an explicit consecutive map equals None; an empty sequence."""
+    x, dt, A, B, C, _, _, h0 = make_inputs(Bt=1, T=20, H=4, P=8, G=2, N=16, init=True, seed=2)
+    y, s = ssd_chunk_scan(x, dt, A, B, C, dt_softplus=True, output_final_state=True, backend="triton")
+    y_ref, s_ref = naive_ssd_chunk_scan(x, dt, A, B, C, dt_softplus=True, output_final_state=True)
+    assert_close(y, y_ref, atol=TRITON_ATOL, rtol=TRITON_RTOL)
+    assert_close(s, s_ref, atol=TRITON_ATOL, rtol=TRITON_RTOL)
+    y2, s2 = ssd_chunk_scan(x, dt, A, B, C, torch.tensor([0, 0, 1, 1]), dt_softplus=True, output_final_state=True,
+                            backend="triton")
+    assert torch.equal(y2, y) and torch.equal(s2, s)
+    y0, s0 = ssd_chunk_scan(x[:, :0], dt[:, :0], A, B[:, :0], C[:, :0], initial_state=h0, output_final_state=True,
+                            backend="triton")
+    assert y0.shape == (1, 0, 4, 8) and torch.equal(s0, h0)
+
+
+@pytest.mark.parametrize("dt_softplus", [True, False])
+@pytest.mark.parametrize("head_to_group", [None, RAGGED], ids=["consecutive", "ragged"])
+def test_triton_step_matches_reference(triton_kernels, dt_softplus, head_to_group):
+    H, G = (4, 2) if head_to_group is None else (5, 3)
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=1, H=H, P=24, G=G, N=24, init=True, seed=4)
+    args = (x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], head_to_group)
+    for dt_limit in ((0.0, INF), (-INF, INF), (0.05, 0.8)):
+        state = h0.clone()
+        kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+        y, s = ssd_step(state, *args, **kw, backend="triton")
+        assert torch.equal(state, h0)  # not modified in place
+        y_ref, s_ref = naive_ssd_step(h0, *args, **kw)
+        assert y.dtype == torch.float32 and s.dtype == torch.float32 and s.shape == h0.shape
+        assert_close(y, y_ref)
+        assert_close(s, s_ref)
+    y, s = ssd_step(h0, *args, backend="triton")  # no D, no dt_bias
+    y_ref, s_ref = naive_ssd_step(h0, *args)
+    assert_close(y, y_ref)
+    assert_close(s, s_ref)
+
+
+def test_triton_prefill_then_steps_equal_one_scan(triton_kernels, monkeypatch):
+    """Triton prefill (chunk kernel) then Triton decoding steps (environment-selected) = one reference scan."""
+    T, prefill = 70, 66
+    x, dt, A, B, C, D, dt_bias, h0 = make_inputs(Bt=1, T=T, H=5, P=16, G=3, N=24, init=True, seed=11)
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=True, dt_limit=(0.001, 2.0))
+    y_full, s_full = naive_ssd_chunk_scan(x, dt, A, B, C, RAGGED, chunk_size=16, initial_state=h0,
+                                          output_final_state=True, **kw)
+    monkeypatch.setenv(ENV_VAR, "triton")
+    y_pre, state = ssd_chunk_scan(x[:, :prefill], dt[:, :prefill], A, B[:, :prefill], C[:, :prefill], RAGGED,
+                                  chunk_size=16, initial_state=h0, output_final_state=True, **kw)
+    ys = [y_pre]
+    for t in range(prefill, T):
+        y_t, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], RAGGED, **kw)
+        ys.append(y_t[:, None])
+    assert_close(torch.cat(ys, dim=1), y_full, atol=TRITON_ATOL, rtol=TRITON_RTOL)
+    assert_close(state, s_full, atol=TRITON_ATOL, rtol=TRITON_RTOL)

@@ -1,11 +1,10 @@
 """Kernels for pruned linear-attention layers: the gated delta rule with a value->key head map, Kimi delta
 attention (KDA: the delta rule with a per-key-channel decay, q/k/v with the same heads), and the Mamba2 SSD scan
-(state space duality) with a head->group map (`ssd_chunk_scan`, `ssd_step`: torch reference only for now, on every
-device; see `mamba2_ssd/naive.py`).
+(state space duality) with a head->group map (`ssd_chunk_scan`, `ssd_step`; see `mamba2_ssd/naive.py`).
 
-Layout as flash-linear-attention: for each op (`gated_delta_rule/`, `kimi_delta_attention/`), `naive.py`
-(torch reference, differentiable) beside `chunk.py` (prefill) and `fused_recurrent.py` (decoding), both Triton,
-forward only, with one dispatch point per entry here (see `backend.py` for the rules: CUDA -> Triton, otherwise
+Layout as flash-linear-attention: for each op (`gated_delta_rule/`, `kimi_delta_attention/`, `mamba2_ssd/`),
+`naive.py` (torch reference, differentiable) beside `chunk.py` (prefill) and `fused_recurrent.py` (decoding), both
+Triton, forward only, with one dispatch point per entry here (see `backend.py` for the rules: CUDA -> Triton, otherwise
 torch; forced with the `backend` argument, `use_backend(...)` or `HF_RANKPRUNE_KERNEL_BACKEND`). Triton is
 imported lazily, only when a call is routed to it.
 """
@@ -221,17 +220,14 @@ _SSD_ARGS_DOC = """
         [Bt, H, P, N] or None); step: (y [Bt, H, P] in x's dtype, new state fp32 [Bt, H, P, N]; `state` is not
         modified: the caller writes its cache).
 
-    Backends: there is no Triton SSD kernel yet. "auto" runs the torch reference on every device (CUDA included);
-    asking for "triton" (argument, `use_backend` or the environment) raises a ValueError, except for calls that
-    need gradients, which run the torch reference whatever backend was asked for (as every kernel here).
+    Backends: as every kernel here (see `backend.py`): "auto" runs the Triton kernels (`mamba2_ssd/chunk.py`,
+    `mamba2_ssd/fused_recurrent.py`) on CUDA tensors when triton is importable, the torch reference otherwise;
+    "triton" / "torch" force one. The Triton kernels take fp32 / bf16 / fp16 inputs, N <= 256, and choose their
+    own chunks (`chunk_size` is only validated there: the scan does not depend on it beyond rounding).
+
+    Autograd: the Triton kernels are forward only; a call that needs gradients runs the torch
+    reference whatever backend was asked for.
 """
-
-
-def _ssd_backend(backend: str | None, tensors) -> None:
-    """Resolve the backend for an SSD call: the torch reference, or a clear error when Triton is asked for."""
-    if resolve_backend(backend, tensors) == "triton" and get_backend(backend) == "triton":
-        raise ValueError("no Triton kernel for the Mamba2 SSD scan exists yet (not implemented): use backend='torch' "
-                         "or 'auto' (which runs the torch reference on every device)")
 
 
 def ssd_chunk_scan(
@@ -250,7 +246,11 @@ def ssd_chunk_scan(
     output_final_state: bool = False,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    _ssd_backend(backend, (x, dt, A, B, C, D, dt_bias, initial_state))
+    if resolve_backend(backend, (x, dt, A, B, C, D, dt_bias, initial_state)) == "triton":
+        from .mamba2_ssd.chunk import ssd_chunk_scan_fwd
+
+        return ssd_chunk_scan_fwd(x, dt, A, B, C, head_to_group, chunk_size, D, dt_bias, dt_softplus, dt_limit,
+                                  initial_state, output_final_state)
     return naive_ssd_chunk_scan(x, dt, A, B, C, head_to_group, chunk_size, D, dt_bias, dt_softplus, dt_limit,
                                 initial_state, output_final_state)
 
@@ -269,7 +269,10 @@ def ssd_step(
     dt_limit: tuple[float, float] = (0.0, float("inf")),
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _ssd_backend(backend, (state, x, dt, A, B, C, D, dt_bias))
+    if resolve_backend(backend, (state, x, dt, A, B, C, D, dt_bias)) == "triton":
+        from .mamba2_ssd.fused_recurrent import ssd_step_fwd
+
+        return ssd_step_fwd(state, x, dt, A, B, C, head_to_group, D, dt_bias, dt_softplus, dt_limit)
     return naive_ssd_step(state, x, dt, A, B, C, head_to_group, D, dt_bias, dt_softplus, dt_limit)
 
 
