@@ -585,3 +585,26 @@ def test_triton_prefill_then_steps_equal_one_scan(triton_kernels, monkeypatch):
         ys.append(y_t[:, None])
     assert_close(torch.cat(ys, dim=1), y_full, atol=TRITON_ATOL, rtol=TRITON_RTOL)
     assert_close(state, s_full, atol=TRITON_ATOL, rtol=TRITON_RTOL)
+
+
+def test_triton_runs_a_ragged_pruned_model(triton_kernels):
+    """A ragged-pruned Nemotron-H model's mixers call the dispatch: prefill (chunk scan) and a decoding step on the
+    Triton kernels give the torch reference's logits."""
+    from _pruning_reference import PLANS
+    from conftest import build_tiny_model
+
+    from hf_rankprune.arch import model_geometry
+    from hf_rankprune.plan import PrunePlan
+    from hf_rankprune.surgery import apply_plan
+
+    model = build_tiny_model("nemotron_h")
+    apply_plan(model, PrunePlan.from_kept_heads(model_geometry(model), PLANS["ragged_groups"]))
+    ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for name in ("torch", "triton"):
+        with torch.no_grad(), use_backend(name):
+            prefill = model(ids, use_cache=True)
+            step = model(ids[:, -1:], past_key_values=prefill.past_key_values, use_cache=True)
+        logits[name] = (prefill.logits, step.logits)
+    assert_close(logits["triton"][0], logits["torch"][0], atol=TRITON_ATOL, rtol=TRITON_RTOL)
+    assert_close(logits["triton"][1], logits["torch"][1], atol=TRITON_ATOL, rtol=TRITON_RTOL)
