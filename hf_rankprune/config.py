@@ -36,6 +36,7 @@ DIRECTIONS = ("saturated", "low_rank", "random")
 BUDGETS = ("global", "per_layer", "uniform")
 UNIFORM_ROUNDINGS = ("down", "nearest", "up")
 LAYOUTS = ("auto", "stock")
+GRANULARITIES = ("head", "group")
 TIME_AGGREGATIONS = ("mean", "final")
 
 DEFAULT_RATIO = 0.389  # the paper's budget (448 of 1152 heads on Qwen3-Next-80B), used when no budget is given
@@ -264,6 +265,13 @@ class RankPruneConfig:
     protected_layers: list[int] = setting(
         recipe=MODIFIER, cli=PRUNING, plan=True, check=_layer_indices, metavar="I,J,...", default_factory=list,
         help="model layer indices whose heads are never removed",
+    )  # fmt: skip
+    granularity: str = setting(
+        "head", recipe=MODIFIER, cli=PRUNING, plan=True, choices=GRANULARITIES,
+        help="what the budget removes: 'head' value heads (a key group goes with its last value head), 'group' whole "
+        "key groups (a Mamba2 SSD group with its B/C, a gated-delta-rule key head with its value heads), ranked by "
+        "their heads' mean score; a head count the groups cannot make exactly becomes the nearest they can (ties: "
+        "the fewer)",
     )  # fmt: skip
     layout: str = setting(
         "auto", recipe=MODIFIER, cli=PRUNING, plan=True, choices=LAYOUTS,

@@ -147,6 +147,9 @@ def plan_from_scores(model_or_adapter, scores: list[np.ndarray], config: RankPru
     state_bytes = head_state_bytes(layers)  # fp32 state per head and sequence
     if config.budget == "uniform":
         removed = _allocate_uniform(layers, priorities, state_bytes, config)
+    elif config.granularity == "group":
+        removed = _allocate_groups(layers, [adapter.value_to_key(layer) for layer in layers], priorities, state_bytes,
+                                   config)  # fmt: skip
     else:
         removed = _allocate(layers, priorities, state_bytes, config)
     kept = {
@@ -297,6 +300,51 @@ def _allocate(layers, priorities, state_bytes, config: RankPruneConfig) -> list[
     return removed
 
 
+def _allocate_groups(layers, maps, priorities, state_bytes, config: RankPruneConfig) -> list[set[int]]:
+    """Whole key groups removed, by their value heads' mean priority: one ranking across layers (global budget) or
+    each layer's proportional share (per_layer). A group is skipped when it would not bring the count removed closer
+    to the one asked for (in all, or in its layer: the plan removes the nearest count the groups make, ties the
+    fewer) or would leave its layer fewer than min_heads_per_layer."""
+    requested = _requested_heads(layers, state_bytes, config)
+    eligible = [p for p, layer in enumerate(layers) if layer.index not in config.protected_layers]
+    members = {}
+    for p in eligible:
+        layer = layers[p]
+        mapping = maps[p] or [h // (layer.num_value_heads // layer.num_key_heads) for h in range(layer.num_value_heads)]
+        for key in sorted(set(mapping)):
+            heads = np.array([h for h, k in enumerate(mapping) if k == key])
+            members[(p, key)] = (heads, float(priorities[p][heads].mean()))
+    if config.budget == "per_layer":
+        if requested is None:
+            requested = _heads_for_bytes_per_layer(layers, eligible, state_bytes, config)
+        limits = _proportional_quotas({p: layers[p].num_value_heads for p in eligible}, requested)
+    else:
+        limits = None
+    removed: list[set[int]] = [set() for _ in layers]
+    remaining = sum(layer.num_value_heads * size for layer, size in zip(layers, state_bytes))
+    count = 0
+    for (p, _key), (heads, _priority) in sorted(members.items(), key=lambda item: (-item[1][1], item[0])):
+        if requested is None and remaining <= config.target_state_bytes:
+            break
+        if limits is not None:
+            further = abs(len(removed[p]) + len(heads) - limits[p]) >= abs(len(removed[p]) - limits[p])
+        else:
+            further = requested is not None and abs(count + len(heads) - requested) >= abs(count - requested)
+        too_few = layers[p].num_value_heads - len(removed[p]) - len(heads) < config.min_heads_per_layer
+        if further or too_few:
+            continue
+        removed[p].update(int(h) for h in heads)
+        remaining -= len(heads) * state_bytes[p]
+        count += len(heads)
+    if count == 0 or (requested is None and remaining > config.target_state_bytes):
+        raise PlanError(
+            f"Whole key groups cannot meet this budget ({requested if requested is not None else 'the byte target'}"
+            f" heads; groups of {sorted({len(h) for h, _ in members.values()})} value heads, every layer keeping "
+            f"min_heads_per_layer={config.min_heads_per_layer}): raise the budget or use granularity='head'."
+        )
+    return removed
+
+
 def _heads_for_bytes_per_layer(layers, eligible, state_bytes, config: RankPruneConfig) -> int:
     total = sum(layers[p].num_value_heads for p in eligible)
     before = sum(layer.num_value_heads * size for layer, size in zip(layers, state_bytes))
@@ -379,7 +427,7 @@ def _uniform_choice(layers, config: RankPruneConfig) -> UniformChoice:
     # (removed in all, key heads kept per layer, value heads kept per key head); ties keep more key heads
     shapes: dict[int, tuple[int, int]] = {}
     for keys_kept in range(key_heads, 0, -1):
-        for per_key in range(group, 0, -1):
+        for per_key in range(group, 0 if config.granularity == "head" else group - 1, -1):
             kept = keys_kept * per_key
             if kept == value_heads or kept < config.min_heads_per_layer:
                 continue

@@ -181,3 +181,38 @@ def test_demo_model_uniform_ratio_takes_8_of_32(tmp_path):
     assert choice.options == (8, 16, 20, 24, 28) and (choice.requested, choice.removed) == (12, 8)
     with pytest.raises(PlanError, match="at least 8 heads"):
         uniform_choice(demo, RankPruneConfig(budget="uniform", ratio=0.05))
+
+
+@pytest.mark.parametrize("family", ["nemotron_h", "qwen3_5"])  # SSD groups (with their B/C), GDN key heads
+@pytest.mark.parametrize("budget", ["global", "per_layer", "uniform"])
+def test_group_granularity_removes_whole_key_groups(family, budget):
+    """Every layer keeps whole groups of its 4 value heads (2 per layer in the tiny models); the groups go by their
+    heads' mean priority, and the count is the nearest the groups make (ties: the fewer)."""
+    from test_recipe import synthetic_stats
+
+    from hf_rankprune.surgery import apply_plan
+
+    model = build_tiny_model(family)
+    stats = synthetic_stats(model)
+    config = RankPruneConfig(budget=budget, granularity="group", num_heads=10, uniform_rounding="nearest")
+    plan = plan_from_stats(model, stats, config)
+    assert plan.settings["granularity"] == "group"
+    assert plan.num_removed_value_heads == {"global": 8, "per_layer": 12, "uniform": 12}[budget]
+    scores = head_scores(stats, RankPruneConfig())
+    for position, layer in enumerate(plan.layers):
+        assert all(size == 4 for size in layer.group_sizes())  # no group lost only some of its heads
+        groups = {key: scores[position][4 * key : 4 * key + 4].mean() for key in (0, 1)}
+        if layer.num_kept_key_heads == 1 and budget == "per_layer":  # the saturated direction drops the higher mean
+            assert layer.kept_key_heads == [min(groups, key=groups.get)]
+    apply_plan(model, plan)
+    adapter = get_adapter(model)
+    assert [layer.num_key_heads for layer in adapter.linear_layers()] == [la.num_kept_key_heads for la in plan.layers]
+
+
+def test_group_granularity_refuses_a_budget_no_group_fits():
+    from test_recipe import synthetic_stats
+
+    model = build_tiny_model("nemotron_h")
+    with pytest.raises(PlanError, match="Whole key groups cannot meet this budget"):
+        plan_from_stats(model, synthetic_stats(model), RankPruneConfig(budget="per_layer", granularity="group",
+                                                                        num_heads=6))  # fmt: skip
