@@ -17,6 +17,10 @@ One command makes the shipped model (seeded; 45.5 minutes on 2 CPU cores here, t
 
     python scripts/train_demo_model.py --steps 200 --out /tmp/pilot --no-eval   # a pilot
 
+`--architecture kimi_linear` trains the same way a model of the same scale with Kimi delta attention
+(`KimiLinearForCausalLM`) instead, for comparisons; it is not shipped (give it an `--out`). `--architecture nemotron_h`
+does the same with Mamba2 (SSD) mixers (`NemotronHForCausalLM`).
+
 The model is written and evaluated in `<out>.partial` first and moves to `--out` only if it passes its quality gates
 (or with `--no-eval`); otherwise it stays there, `--out` keeps what it held, and the command exits with status 1.
     python scripts/train_demo_model.py --eval-only     # re-evaluate the saved model and rewrite the card
@@ -215,7 +219,7 @@ def weighted_lm_loss(
 
 
 # ---------------------------------------------------------------------------------------------- model
-def build_model(vocab_size: int, eos_id: int):
+def build_qwen3_5(vocab_size: int, eos_id: int):
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
     config = Qwen3_5TextConfig(
@@ -242,6 +246,91 @@ def build_model(vocab_size: int, eos_id: int):
     return Qwen3_5ForCausalLM(config)
 
 
+def build_kimi_linear(vocab_size: int, eos_id: int):
+    """The same scale with Kimi delta attention (KDA) in the linear layers and MLA (no MoE) in the full one."""
+    from transformers import KimiLinearConfig, KimiLinearForCausalLM
+
+    config = KimiLinearConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=len(LAYER_TYPES),
+        layer_types=list(LAYER_TYPES),  # explicit: the config's default rule would differ
+        mlp_layer_types=["dense"] * len(LAYER_TYPES),  # a dense MLP in every layer, no experts
+        num_attention_heads=4,  # MLA (no RoPE in KimiLinear)
+        num_key_value_heads=4,
+        q_lora_rank=None,
+        kv_lora_rank=64,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=16,
+        v_head_dim=32,
+        linear_num_heads=8,
+        linear_head_dim=32,
+        linear_conv_kernel_dim=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        bos_token_id=None,
+    )
+    config._attn_implementation = "sdpa"
+    model = KimiLinearForCausalLM(config)
+    # KimiLinearForCausalLM declares no tied weights (transformers 5.24), so it does not tie them itself; the
+    # training ties them by hand and `untie_for_saving` stores lm_head as its own (equal) copy.
+    model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def build_nemotron_h(vocab_size: int, eos_id: int):
+    """The same scale with Mamba2 (SSD) mixers in the linear layers; NemotronH blocks are a mixer or an MLP, not
+    both, so these 5 blocks (the demo's pattern) have no MLP: the Mamba2 mixer's gated 2x expansion is the only one."""
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    config = NemotronHConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        layers_block_type=list(LAYER_TYPES),  # "linear_attention" = a Mamba2 block, "full_attention" = attention
+        mamba_num_heads=8,
+        mamba_head_dim=32,  # intermediate 8 x 32 = 256 (expand 2)
+        n_groups=2,
+        ssm_state_size=32,
+        conv_kernel=4,
+        chunk_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        bos_token_id=None,
+    )
+    config._attn_implementation = "sdpa"
+    model = NemotronHForCausalLM(config)
+    # NemotronHForCausalLM declares no tied weights (`_tied_weights_keys = {}`, transformers 5.24), so, as for
+    # KimiLinear, the training ties them by hand and `untie_for_saving` stores lm_head as its own (equal) copy.
+    model.lm_head.weight = model.model.embeddings.weight
+    return model
+
+
+ARCHITECTURES = {"qwen3_5": build_qwen3_5, "kimi_linear": build_kimi_linear, "nemotron_h": build_nemotron_h}
+# Extra forward arguments while training. The torch fallback of KDA (no `fla` here) materialises
+# [chunk, chunk, head_dim] tensors per chunk: chunks of 16 instead of its default 64 give the same outputs
+# ~3x faster on CPU. NemotronH's Mamba2 mixers read their chunk size from the config.
+TRAIN_FORWARD_KWARGS = {"qwen3_5": {}, "kimi_linear": {"chunk_size": 16}, "nemotron_h": {}}
+
+
+def build_model(vocab_size: int, eos_id: int, architecture: str = "qwen3_5"):
+    return ARCHITECTURES[architecture](vocab_size, eos_id)
+
+
+def untie_for_saving(model) -> None:
+    """Shared embeddings that the class does not declare tied (KimiLinear, NemotronH) are saved as two equal tensors."""
+    shared = model.lm_head.weight is model.get_input_embeddings().weight
+    if shared and not model._tied_weights_keys:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+
+
 # ----------------------------------------------------------------------------------------- evaluation
 def passkey_probe(model, tokenizer) -> str:
     """A quick passkey check logged during training (its keys differ from the final evaluation's)."""
@@ -266,30 +355,92 @@ def heldout_texts(documents) -> list[str]:
     return [t for i, t in documents if is_heldout(i)]
 
 
-def write_card(out: Path, info: dict) -> None:
-    cfg = info["config"]
-    q = info.get("quality", {})
-    lines = [
+def card_kimi_linear(cfg: dict) -> list[str]:
+    """The card's head and architecture lines for a KimiLinear model (the Qwen3.5 ones are in `write_card`)."""
+    return [
         "---",
         "license: apache-2.0",
         "library_name: transformers",
-        "tags: [hf-rankprune, gated-deltanet, qwen3_5_text, demo]",
+        "tags: [hf-rankprune, kimi-delta-attention, kimi_linear, demo]",
         "---",
         "",
-        "# hf-rankprune demo model",
+        "# hf-rankprune demo model (Kimi delta attention)",
         "",
-        "A small hybrid Gated DeltaNet language model with the Qwen3.5 text architecture (`Qwen3_5ForCausalLM`,",
-        "`model_type: qwen3_5_text`), trained from scratch on CPU by `scripts/train_demo_model.py` so that the",
-        "package has a real trained linear-attention model to calibrate, prune and evaluate offline.",
-        "It is a toy: it knows a little English and Python-doc prose and retrieves pass keys; nothing more.",
+        "A small hybrid Kimi delta attention (KDA) language model (`KimiLinearForCausalLM`, `model_type: kimi_linear`),",
+        "trained from scratch on CPU by `scripts/train_demo_model.py --architecture kimi_linear` the way the Qwen3.5",
+        "demo model is, to compare the two linear-attention families. It is a toy; nothing more.",
         "",
         "## Architecture",
-        f"- layers: {cfg['layer_types']}",
-        f"- hidden {cfg['hidden_size']}, MLP {cfg['intermediate_size']}, vocab {cfg['vocab_size']} (tied embeddings)",
-        f"- linear attention (Gated DeltaNet): {cfg['linear_num_value_heads']} value heads, "
-        f"{cfg['linear_num_key_heads']} key heads, d_k = {cfg['linear_key_head_dim']}, d_v = {cfg['linear_value_head_dim']}",
+        f"- layers: {cfg['layer_types']}; MLP: {cfg['mlp_layer_types']}",
+        f"- hidden {cfg['hidden_size']}, MLP {cfg['intermediate_size']}, vocab {cfg['vocab_size']} (embeddings tied "
+        "in training, stored as two equal tensors: KimiLinearForCausalLM declares no tied weights)",
+        f"- linear attention (KDA, per-channel decay): {cfg['linear_num_heads']} heads, "
+        f"d_k = d_v = {cfg['linear_head_dim']}, short conv {cfg['linear_conv_kernel_dim']}",
+        f"- full attention (MLA, no RoPE): {cfg['num_attention_heads']} heads, kv_lora_rank {cfg['kv_lora_rank']}, "
+        f"qk {cfg['qk_nope_head_dim']} + {cfg['qk_rope_head_dim']}, v {cfg['v_head_dim']}",
+    ]
+
+
+def card_nemotron_h(cfg: dict) -> list[str]:
+    """The card's head and architecture lines for a NemotronH model (the Qwen3.5 ones are in `write_card`)."""
+    return [
+        "---",
+        "license: apache-2.0",
+        "library_name: transformers",
+        "tags: [hf-rankprune, mamba2, ssd, nemotron_h, demo]",
+        "---",
+        "",
+        "# hf-rankprune demo model (Mamba2 / SSD, NemotronH)",
+        "",
+        "A small hybrid Mamba2 (state space duality, SSD) language model (`NemotronHForCausalLM`,",
+        "`model_type: nemotron_h`), trained from scratch on CPU by `scripts/train_demo_model.py --architecture",
+        "nemotron_h` the way the Qwen3.5 demo model is, to compare linear-attention families. It is a toy; nothing more.",
+        "",
+        "## Architecture",
+        f"- blocks: {cfg['layers_block_type']} (a NemotronH block is one mixer: no MLP blocks here)",
+        f"- hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']} (embeddings tied in training, stored as two equal "
+        "tensors: NemotronHForCausalLM declares no tied weights)",
+        f"- Mamba2 mixers: {cfg['mamba_num_heads']} heads of {cfg['mamba_head_dim']}, {cfg['n_groups']} B/C groups, "
+        f"state {cfg['ssm_state_size']}, conv {cfg['conv_kernel']}, chunk {cfg['chunk_size']}",
         f"- full attention: {cfg['num_attention_heads']} query heads, {cfg['num_key_value_heads']} KV heads, "
-        f"head_dim {cfg['head_dim']}; max_position_embeddings {cfg['max_position_embeddings']}",
+        f"head_dim {cfg['head_dim']} (no RoPE in NemotronH)",
+    ]
+
+
+def write_card(out: Path, info: dict) -> None:
+    cfg = info["config"]
+    q = info.get("quality", {})
+    path = 'path = "hf_rankprune/assets/demo_model"  # inside the installed package'
+    if cfg["model_type"] == "kimi_linear":
+        head, path = card_kimi_linear(cfg), 'path = "..."  # the --out folder'
+    elif cfg["model_type"] == "nemotron_h":
+        head, path = card_nemotron_h(cfg), 'path = "..."  # the --out folder'
+    else:
+        head = [
+            "---",
+            "license: apache-2.0",
+            "library_name: transformers",
+            "tags: [hf-rankprune, gated-deltanet, qwen3_5_text, demo]",
+            "---",
+            "",
+            "# hf-rankprune demo model",
+            "",
+            "A small hybrid Gated DeltaNet language model with the Qwen3.5 text architecture (`Qwen3_5ForCausalLM`,",
+            "`model_type: qwen3_5_text`), trained from scratch on CPU by `scripts/train_demo_model.py` so that the",
+            "package has a real trained linear-attention model to calibrate, prune and evaluate offline.",
+            "It is a toy: it knows a little English and Python-doc prose and retrieves pass keys; nothing more.",
+            "",
+            "## Architecture",
+            f"- layers: {cfg['layer_types']}",
+            f"- hidden {cfg['hidden_size']}, MLP {cfg['intermediate_size']}, vocab {cfg['vocab_size']} (tied embeddings)",
+            f"- linear attention (Gated DeltaNet): {cfg['linear_num_value_heads']} value heads, "
+            f"{cfg['linear_num_key_heads']} key heads, d_k = {cfg['linear_key_head_dim']}, "
+            f"d_v = {cfg['linear_value_head_dim']}",
+            f"- full attention: {cfg['num_attention_heads']} query heads, {cfg['num_key_value_heads']} KV heads, "
+            f"head_dim {cfg['head_dim']}; max_position_embeddings {cfg['max_position_embeddings']}",
+        ]
+    lines = [
+        *head,
         f"- parameters: {info['num_parameters']:,}; stored as {info['dtype']}",
         "",
         "## Training",
@@ -331,7 +482,7 @@ def write_card(out: Path, info: dict) -> None:
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        'path = "hf_rankprune/assets/demo_model"  # inside the installed package',
+        path,
         "model = AutoModelForCausalLM.from_pretrained(path); tokenizer = AutoTokenizer.from_pretrained(path)",
         "```",
         "",
@@ -419,6 +570,7 @@ def training_command(argv: list[str]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="qwen3_5")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1234)
@@ -456,7 +608,8 @@ def main(argv=None) -> int:
     ]
     log(f"training stream: {len(stream):,} tokens; {len(sentences):,} filler sentences")
 
-    model = build_model(len(tokenizer), tokenizer.eos_token_id)
+    model = build_model(len(tokenizer), tokenizer.eos_token_id, args.architecture)
+    forward_kwargs = TRAIN_FORWARD_KWARGS[args.architecture]
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params:,} parameters")
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -477,7 +630,7 @@ def main(argv=None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         ids, labels, weights = batcher.batch(length, rows)
-        loss, answer_nll = weighted_lm_loss(model(input_ids=ids).logits, labels, weights)
+        loss, answer_nll = weighted_lm_loss(model(input_ids=ids, **forward_kwargs).logits, labels, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -503,7 +656,8 @@ def main(argv=None) -> int:
     staging = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    model.config.architectures = ["Qwen3_5ForCausalLM"]
+    model.config.architectures = [type(model).__name__]
+    untie_for_saving(model)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     info = {
