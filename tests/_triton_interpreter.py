@@ -13,9 +13,11 @@ import importlib
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_rankprune.kernels.backend import ENV_VAR
 
@@ -57,3 +59,30 @@ def run_under_interpreter(test_file: str, keyword: str, timeout: int = 900) -> N
     summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert " passed" in summary and "error" not in summary, out.stdout[-3000:]
+
+
+class FakeCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: the dispatch's device rule, without a GPU."""
+
+    is_cuda = True
+
+
+def stub_kernel_modules(monkeypatch, functions: dict[str, dict[str, str]]) -> list:
+    """Put stub modules in place of Triton kernel modules ({module: {function: label}}): each stub records
+    `(label, args)` in the returned list and answers ("triton", None), so dispatch tests see the routing."""
+    calls = []
+
+    def stub(label):
+        def forward(*args):
+            calls.append((label, args))
+            return "triton", None
+
+        return forward
+
+    for module_name, names in functions.items():
+        module = types.ModuleType(module_name)
+        for function, label in names.items():
+            setattr(module, function, stub(label))
+        monkeypatch.setitem(sys.modules, module_name, module)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    return calls

@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from _triton_interpreter import REPO, require_interpreter, run_under_interpreter
+from _triton_interpreter import REPO, FakeCuda, require_interpreter, run_under_interpreter
 from transformers.models.qwen3_next import modeling_qwen3_next as qwen3_next
 
 from hf_rankprune import kernels
@@ -225,14 +225,10 @@ def test_grads_match_transformers_autograd():
 # --------------------------------------------------------------------------------------------------
 
 
-class _FakeCuda(torch.Tensor):
-    is_cuda = True
-
-
 def test_dispatch_rules(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     cpu = torch.zeros(1)
-    fake_cuda = torch.zeros(1).as_subclass(_FakeCuda)
+    fake_cuda = torch.zeros(1).as_subclass(FakeCuda)
     assert get_backend() == "auto"
     assert resolve_backend(None, [cpu]) == "torch"
     assert resolve_backend(None, [fake_cuda, None]) == "triton"

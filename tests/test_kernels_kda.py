@@ -10,12 +10,17 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
-from _triton_interpreter import interpreter_active, require_interpreter, run_under_interpreter
+from _triton_interpreter import (
+    FakeCuda,
+    interpreter_active,
+    require_interpreter,
+    run_under_interpreter,
+    stub_kernel_modules,
+)
 from transformers.models.kimi_linear import modeling_kimi_linear as kimi_linear
 
 from hf_rankprune import kernels
@@ -263,29 +268,12 @@ def test_grads_match_transformers_autograd():
 # --------------------------------------------------------------------------------------------------
 
 
-class _FakeCuda(torch.Tensor):
-    is_cuda = True
-
-
 @pytest.fixture
 def fake_triton(monkeypatch):
     """Stub Triton modules in place of the KDA kernel modules: the dispatcher's routing, without a GPU."""
-    calls = []
-
-    def stub(name):
-        def fwd(*args):
-            calls.append((name, args))
-            return "triton", None
-        return fwd
-
-    chunk = types.ModuleType(CHUNK_MODULE)
-    chunk.chunk_kimi_delta_attention_fwd = stub("chunk")
-    recurrent = types.ModuleType(RECURRENT_MODULE)
-    recurrent.fused_recurrent_kimi_delta_attention_fwd = stub("fused_recurrent")
-    monkeypatch.setitem(sys.modules, CHUNK_MODULE, chunk)
-    monkeypatch.setitem(sys.modules, RECURRENT_MODULE, recurrent)
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    return calls
+    return stub_kernel_modules(
+        monkeypatch, {CHUNK_MODULE: {"chunk_kimi_delta_attention_fwd": "chunk"}, RECURRENT_MODULE: {"fused_recurrent_kimi_delta_attention_fwd": "fused_recurrent"}}
+    )
 
 
 @pytest.mark.parametrize("op", ["chunk", "fused_recurrent"])
@@ -295,7 +283,7 @@ def test_dispatch_rules(fake_triton, monkeypatch, op):
     q, k, v, g, beta, h0 = make_inputs(B=1, T=3, H=1, init=True)
     cu = torch.tensor([0, 3])
     args = (q, k, v, g, beta, 0.5, h0, True, True, cu)
-    cuda_args = (q.as_subclass(_FakeCuda), *args[1:])
+    cuda_args = (q.as_subclass(FakeCuda), *args[1:])
 
     def routed(*a, **kw):
         fake_triton.clear()

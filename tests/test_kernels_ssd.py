@@ -13,11 +13,16 @@ from __future__ import annotations
 import ast
 import inspect
 import sys
-import types
 
 import pytest
 import torch
-from _triton_interpreter import interpreter_active, require_interpreter, run_under_interpreter
+from _triton_interpreter import (
+    FakeCuda,
+    interpreter_active,
+    require_interpreter,
+    run_under_interpreter,
+    stub_kernel_modules,
+)
 from transformers.models.nemotron_h import modeling_nemotron_h as nemotron_h
 
 from hf_rankprune import kernels
@@ -345,29 +350,12 @@ def test_input_validation():
 # --------------------------------------------------------------------------------------------------
 
 
-class _FakeCuda(torch.Tensor):
-    is_cuda = True
-
-
 @pytest.fixture
 def fake_triton(monkeypatch):
     """Stub Triton modules in place of the SSD kernel modules: the dispatcher's routing, without a GPU."""
-    calls = []
-
-    def stub(name):
-        def fwd(*args):
-            calls.append((name, args))
-            return "triton", None
-        return fwd
-
-    chunk = types.ModuleType(CHUNK_MODULE)
-    chunk.ssd_chunk_scan_fwd = stub("chunk")
-    recurrent = types.ModuleType(RECURRENT_MODULE)
-    recurrent.ssd_step_fwd = stub("step")
-    monkeypatch.setitem(sys.modules, CHUNK_MODULE, chunk)
-    monkeypatch.setitem(sys.modules, RECURRENT_MODULE, recurrent)
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    return calls
+    return stub_kernel_modules(
+        monkeypatch, {CHUNK_MODULE: {"ssd_chunk_scan_fwd": "chunk"}, RECURRENT_MODULE: {"ssd_step_fwd": "step"}}
+    )
 
 
 @pytest.mark.parametrize("op", ["chunk", "step"])
@@ -383,7 +371,7 @@ def test_dispatch_rules(fake_triton, monkeypatch, op):
         fn = ssd_step
         args = (h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], h2g, D, dt_bias, True, (0.001, 2.0))
         grad_at = 0  # state
-    cuda_args = (args[0].as_subclass(_FakeCuda), *args[1:])
+    cuda_args = (args[0].as_subclass(FakeCuda), *args[1:])
 
     def routed(*a, **kw):
         fake_triton.clear()
@@ -419,10 +407,10 @@ def test_dispatch_without_triton_runs_the_reference(monkeypatch):
     monkeypatch.setattr(backend_module, "triton_available", lambda: False)
     x, dt, A, B, C, D, dt_bias, h0 = make_inputs(T=5, H=5, G=3, init=True)
     y_ref, _ = naive_ssd_chunk_scan(x, dt, A, B, C, RAGGED, D=D)
-    y_cuda, _ = ssd_chunk_scan(x.as_subclass(_FakeCuda), dt, A, B, C, RAGGED, D=D)
+    y_cuda, _ = ssd_chunk_scan(x.as_subclass(FakeCuda), dt, A, B, C, RAGGED, D=D)
     assert torch.equal(y_cuda.as_subclass(torch.Tensor), y_ref)
     ys_ref, _ = naive_ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED, D=D)
-    ys_cuda, _ = ssd_step(h0.as_subclass(_FakeCuda), x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED, D=D)
+    ys_cuda, _ = ssd_step(h0.as_subclass(FakeCuda), x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], RAGGED, D=D)
     assert torch.equal(ys_cuda.as_subclass(torch.Tensor), ys_ref)
 
 
