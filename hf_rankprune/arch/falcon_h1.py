@@ -57,13 +57,7 @@ class FalconH1Adapter(Mamba2SSDAdapter):
     # -- surgery -------------------------------------------------------------------------------------------------
     def canonical_weights(self, module, tensors):
         heads, groups, head_dim, state = module.num_heads, module.n_groups, module.head_dim, module.ssm_state_size
-        tensors = dict(tensors)
-        no_norm = "norm.weight" not in tensors  # nn.Identity (mamba_rms_norm=False): nothing to slice
-        if no_norm:
-            tensors["norm.weight"] = torch.empty(heads * head_dim)  # a stand-in the base reshapes, dropped below
         weights = super().canonical_weights(module, tensors)
-        if no_norm:
-            del weights["norm"]
         mup = tensors.get("mup_vector")
         if mup is None:  # a mixer outside FalconH1Model: the rows its model would give it
             mup = modeling_rankpruned._falcon_h1_mup_vector(module, self.config.ssm_multipliers)
@@ -74,11 +68,6 @@ class FalconH1Adapter(Mamba2SSDAdapter):
         return weights
 
     def ragged_state(self, weights):
-        no_norm = "norm" not in weights
-        if no_norm:
-            weights = {**weights, "norm": weights["x"].new_empty(weights["x"].shape[:2])}
         state = super().ragged_state(weights)
-        if no_norm:
-            del state["norm.weight"]
         state["mup_vector"] = torch.cat([weights[name].flatten() for name, _ in MUP]).view(1, 1, -1)
         return state

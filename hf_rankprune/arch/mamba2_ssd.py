@@ -15,7 +15,8 @@ A ragged layer is the stock mixer with its own head and group counts and a head 
 
 Canonical weights (heads on the axis `head_axes` names): z, x: [H, P, hidden]; B, C: [G, N, hidden]; dt: [H, hidden]
 (and the same pieces of `in_proj.bias`, `<piece>_proj_bias`, where the family has one); conv_x: [H, P, 1, K]; conv_B, conv_C: [G, N, 1, K]
-(and conv bias pieces); dt_bias, A_log, D: [H]; norm: [H, P]; out: [hidden, H, P]; out_bias: [hidden].
+(and conv bias pieces); dt_bias, A_log, D: [H]; norm: [H, P] (where the mixer has a norm); out: [hidden, H, P];
+out_bias: [hidden].
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ class Mamba2SSDAdapter(LinearAttentionAdapter):
         if "conv1d.bias" in tensors:
             weights.update(split(tensors["conv1d.bias"], conv_pieces, prefix="conv_", suffix="_bias"))
         weights.update({name: tensors[name] for name in PER_HEAD})
-        weights["norm"] = tensors["norm.weight"].reshape(heads, head_dim)
+        if "norm.weight" in tensors:  # Falcon-H1 without `mamba_rms_norm` has none (nn.Identity)
+            weights["norm"] = tensors["norm.weight"].reshape(heads, head_dim)
         out = tensors["out_proj.weight"]
         weights["out"] = out.reshape(out.shape[0], heads, head_dim)
         if "out_proj.bias" in tensors:
@@ -167,7 +169,8 @@ class Mamba2SSDAdapter(LinearAttentionAdapter):
         if "conv_x_bias" in weights:
             state["conv1d.bias"] = join(CONV, "_bias")
         state.update({name: weights[name] for name in PER_HEAD})
-        state["norm.weight"] = weights["norm"].flatten()
+        if "norm" in weights:
+            state["norm.weight"] = weights["norm"].flatten()
         state["out_proj.weight"] = weights["out"].flatten(1)
         if "out_bias" in weights:
             state["out_proj.bias"] = weights["out_bias"]
