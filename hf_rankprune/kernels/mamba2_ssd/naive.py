@@ -74,6 +74,49 @@ def _check_per_head(name: str, t: torch.Tensor | None, num_heads: int) -> None:
         raise ValueError(f"{name} must have shape [H] = ({num_heads},) (one value per head), got {tuple(t.shape)}")
 
 
+def check_scan_shapes(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state) -> tuple[int, ...]:
+    """The chunked scan's input shapes (both backends check them here); returns (Bt, T, H, P, G, N)."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D [Bt, T, H, P], got shape {tuple(x.shape)}")
+    Bt, T, H, P = x.shape
+    if dt.shape != (Bt, T, H):
+        raise ValueError(f"dt must have shape [Bt, T, H] = {(Bt, T, H)} (one step per head), got {tuple(dt.shape)}")
+    if B.dim() != 4 or B.shape[:2] != (Bt, T):
+        raise ValueError(f"B must have shape [Bt, T, G, N] with [Bt, T] = {(Bt, T)}, got {tuple(B.shape)}")
+    if C.shape != B.shape:
+        raise ValueError(f"C {tuple(C.shape)} and B {tuple(B.shape)} must have the same shape [Bt, T, G, N]")
+    G, N = B.shape[2], B.shape[3]
+    _check_per_head("A", A, H)
+    _check_per_head("D", D, H)
+    _check_per_head("dt_bias", dt_bias, H)
+    if initial_state is not None and initial_state.shape != (Bt, H, P, N):
+        raise ValueError(f"initial_state must have shape [Bt, H, P, N] = {(Bt, H, P, N)}, got "
+                         f"{tuple(initial_state.shape)}")
+    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return Bt, T, H, P, G, N
+
+
+def check_step_shapes(state, x, dt, A, B, C, D, dt_bias) -> tuple[int, ...]:
+    """A decoding step's input shapes (both backends check them here); returns (Bt, H, P, G, N)."""
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D [Bt, H, P] (one token), got shape {tuple(x.shape)}")
+    Bt, H, P = x.shape
+    if dt.shape != (Bt, H):
+        raise ValueError(f"dt must have shape [Bt, H] = {(Bt, H)} (one step per head), got {tuple(dt.shape)}")
+    if B.dim() != 3 or B.shape[0] != Bt:
+        raise ValueError(f"B must have shape [Bt, G, N] with Bt = {Bt}, got {tuple(B.shape)}")
+    if C.shape != B.shape:
+        raise ValueError(f"C {tuple(C.shape)} and B {tuple(B.shape)} must have the same shape [Bt, G, N]")
+    G, N = B.shape[1], B.shape[2]
+    if state.shape != (Bt, H, P, N):
+        raise ValueError(f"state must have shape [Bt, H, P, N] = {(Bt, H, P, N)}, got {tuple(state.shape)}")
+    _check_per_head("A", A, H)
+    _check_per_head("D", D, H)
+    _check_per_head("dt_bias", dt_bias, H)
+    return Bt, H, P, G, N
+
+
 def _discretize_dt(dt, dt_bias, dt_softplus, dt_limit, dtype):
     """dt + dt_bias, softplus (optional), clamped to dt_limit, in `dtype`."""
     dt = dt.to(dtype)
@@ -138,24 +181,7 @@ def naive_ssd_chunk_scan(
         (y [Bt, T, H, P] fp32 (fp64 for fp64 x), as transformers' `mamba2_chunk_scan` returns fp32;
          final state fp32 / fp64 [Bt, H, P, N] or None).
     """
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D [Bt, T, H, P], got shape {tuple(x.shape)}")
-    Bt, T, H, P = x.shape
-    if dt.shape != (Bt, T, H):
-        raise ValueError(f"dt must have shape [Bt, T, H] = {(Bt, T, H)} (one step per head), got {tuple(dt.shape)}")
-    if B.dim() != 4 or B.shape[:2] != (Bt, T):
-        raise ValueError(f"B must have shape [Bt, T, G, N] with [Bt, T] = {(Bt, T)}, got {tuple(B.shape)}")
-    if C.shape != B.shape:
-        raise ValueError(f"C {tuple(C.shape)} and B {tuple(B.shape)} must have the same shape [Bt, T, G, N]")
-    G, N = B.shape[2], B.shape[3]
-    _check_per_head("A", A, H)
-    _check_per_head("D", D, H)
-    _check_per_head("dt_bias", dt_bias, H)
-    if initial_state is not None and initial_state.shape != (Bt, H, P, N):
-        raise ValueError(f"initial_state must have shape [Bt, H, P, N] = {(Bt, H, P, N)}, got "
-                         f"{tuple(initial_state.shape)}")
-    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    Bt, T, H, P, G, N = check_scan_shapes(x, dt, A, B, C, chunk_size, D, dt_bias, initial_state)
     chunk_size = int(chunk_size)
     dt_limit = _check_dt_limit(dt_limit)
     groups = resolve_head_to_group(head_to_group, H, G, device=x.device)
@@ -222,21 +248,7 @@ def naive_ssd_step(
     Returns:
         (y [Bt, H, P] in x's dtype, new state [Bt, H, P, N] fp32 (fp64 for fp64 x)).
     """
-    if x.dim() != 3:
-        raise ValueError(f"x must be 3-D [Bt, H, P] (one token), got shape {tuple(x.shape)}")
-    Bt, H, P = x.shape
-    if dt.shape != (Bt, H):
-        raise ValueError(f"dt must have shape [Bt, H] = {(Bt, H)} (one step per head), got {tuple(dt.shape)}")
-    if B.dim() != 3 or B.shape[0] != Bt:
-        raise ValueError(f"B must have shape [Bt, G, N] with Bt = {Bt}, got {tuple(B.shape)}")
-    if C.shape != B.shape:
-        raise ValueError(f"C {tuple(C.shape)} and B {tuple(B.shape)} must have the same shape [Bt, G, N]")
-    G, N = B.shape[1], B.shape[2]
-    if state.shape != (Bt, H, P, N):
-        raise ValueError(f"state must have shape [Bt, H, P, N] = {(Bt, H, P, N)}, got {tuple(state.shape)}")
-    _check_per_head("A", A, H)
-    _check_per_head("D", D, H)
-    _check_per_head("dt_bias", dt_bias, H)
+    Bt, H, P, G, N = check_step_shapes(state, x, dt, A, B, C, D, dt_bias)
     dt_limit = _check_dt_limit(dt_limit)
     groups = resolve_head_to_group(head_to_group, H, G, device=x.device)
 
