@@ -22,9 +22,3 @@ class BailingHybridAdapter(KimiDeltaAttentionAdapter):
     stock_layer = modeling_bailing_hybrid.BailingHybridDeltaAttention
     modeling_module = modeling_bailing_hybrid
     head_axes = kda_head_axes("full_rank")
-
-    def attention_caches(self):
-        config = self.config
-        layers = [i for i, kind in enumerate(config.layer_types) if kind == "full_attention"]
-        per_token = config.kv_lora_rank + config.qk_rope_head_dim  # MLA caches the compressed latent
-        return [{"kind": "full_attention", "layers": layers, "elements_per_token": per_token, "window": None}]

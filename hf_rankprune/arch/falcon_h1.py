@@ -19,7 +19,7 @@ from transformers.models.falcon_h1 import modeling_falcon_h1
 
 from ..modeling import modeling_rankpruned
 from .base import KEY, VALUE
-from .mamba2_ssd import IN_PROJ, Mamba2SSDAdapter, _axes
+from .mamba2_ssd import IN_PROJ, Mamba2SSDAdapter, ssd_head_axes
 from .registry import register_adapter
 
 MUP = tuple((f"mup_{name}", kind) for name, kind in IN_PROJ)  # mup_vector's pieces, in in_proj's row order
@@ -33,7 +33,7 @@ class FalconH1Adapter(Mamba2SSDAdapter):
     head_count_keys = ("mamba_n_heads", "mamba_n_groups")
     stock_layer = modeling_falcon_h1.FalconH1Mixer
     modeling_module = modeling_falcon_h1
-    head_axes = {**_axes(), **{name: (kind, 0) for name, kind in MUP}}
+    head_axes = {**ssd_head_axes(), **{name: (kind, 0) for name, kind in MUP}}
 
     def conv_kernel_size(self) -> int:
         return int(self.config.mamba_d_conv)

@@ -25,14 +25,12 @@ class Glm5NextAdapter(KimiDeltaAttentionAdapter):
     stock_layer = modeling_glm5_next.Glm5NextTextLinearAttention
     modeling_module = modeling_glm5_next
     head_axes = kda_head_axes("low_rank")
+    attention_kind = "indexed_attention"
 
     def attention_caches(self):
         config = self.config
-        layers = [i for i, kind in enumerate(config.layer_types) if kind == "indexed_attention"]
-        indexers = [i for i in layers if config.indexer_types[i] == "full"]
-        return [
-            {"kind": "indexed_attention", "layers": layers, "window": None,
-             "elements_per_token": config.kv_lora_rank + config.qk_rope_head_dim},
-            {"kind": "indexed_attention", "layers": indexers, "window": None,
-             "elements_per_token": 2 * config.index_head_dim + 1},
-        ]  # fmt: skip
+        caches = super().attention_caches()
+        indexers = [i for i in caches[0]["layers"] if config.indexer_types[i] == "full"]
+        caches.append({"kind": self.attention_kind, "layers": indexers, "window": None,
+                       "elements_per_token": 2 * config.index_head_dim + 1})  # fmt: skip
+        return caches

@@ -67,6 +67,7 @@ class KimiDeltaAttentionAdapter(LinearAttentionAdapter):
     head_count_keys = ("linear_num_heads", "linear_num_heads")
     stock_layer: ClassVar[type[nn.Module]]
     modeling_module: ClassVar[ModuleType]  # calls `chunk_kimi_delta_attention` at run time
+    attention_kind: ClassVar[str] = "full_attention"  # the `layer_types` entry of the MLA layers
 
     def stock_layer_classes(self):
         return (self.stock_layer,)
@@ -91,6 +92,14 @@ class KimiDeltaAttentionAdapter(LinearAttentionAdapter):
 
     def conv_channels_per_head(self, layer: LinearLayerInfo) -> tuple[int, int]:
         return 2 * layer.key_dim, layer.value_dim  # the conv runs over [q | k | v]
+
+    def attention_caches(self):
+        """The attention layers are MLA: transformers caches their compressed latent, kv_lora_rank +
+        qk_rope_head_dim elements per token (measured against the real cache in tests/test_memory.py)."""
+        config = self.config
+        layers = [i for i, kind in enumerate(config.layer_types) if kind == self.attention_kind]
+        per_token = config.kv_lora_rank + config.qk_rope_head_dim
+        return [{"kind": self.attention_kind, "layers": layers, "elements_per_token": per_token, "window": None}]
 
     # -- observation ---------------------------------------------------------------------------------------------
     def observe_states(self, grid: Sequence[int], callback: StateCallback):

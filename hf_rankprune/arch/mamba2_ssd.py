@@ -41,7 +41,8 @@ CONV = (("conv_x", VALUE), ("conv_B", KEY), ("conv_C", KEY))  # the channels of 
 PER_HEAD = ("dt_bias", "A_log", "D")
 
 
-def _axes() -> dict[str, tuple[str, int] | None]:
+def ssd_head_axes() -> dict[str, tuple[str, int] | None]:
+    """The layout spec of the SSD canonical weights (module docstring)."""
     axes: dict[str, tuple[str, int] | None] = {}
     for name, kind in IN_PROJ:
         axes[name] = axes[f"{name}_proj_bias"] = (kind, 0)
@@ -60,7 +61,7 @@ class Mamba2SSDAdapter(LinearAttentionAdapter):
     recurrence = "Mamba2 SSD"
     stock_layer: ClassVar[type[nn.Module]]
     modeling_module: ClassVar[ModuleType]
-    head_axes: ClassVar[dict[str, tuple[str, int] | None]] = _axes()
+    head_axes: ClassVar[dict[str, tuple[str, int] | None]] = ssd_head_axes()
 
     def stock_layer_classes(self):
         return (self.stock_layer,)

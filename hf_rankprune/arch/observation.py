@@ -39,13 +39,7 @@ def observe_chunk_kernel(
     grid_index = {position: index for index, position in enumerate(grid)}
 
     def one_pass(layer, query, key, value, g, beta, output_final_state, kwargs):
-        length = query.shape[1]
-
-        def snapshot(chunk: int, state) -> None:
-            position = min((chunk + 1) * CHUNK, length)
-            if position in grid_index:
-                callback(layer, grid_index[position], state)
-
+        snapshot = _chunk_snapshots(layer, query.shape[1], grid_index, callback)
         extra = {"value_to_key": kwargs["value_to_key"]} if kwargs.get("value_to_key") is not None else {}
         output, state = one_pass_kernel(
             query, key, value, g, beta, scale=kwargs.get("scale"),
@@ -88,14 +82,26 @@ def observe_chunk_kernel(
 
         return observed
 
-    with _patched_sites(adapter, sites, make_wrapper):
+    with _patched_sites(adapter, [(site, name, make_wrapper) for site, name in sites]):
         yield
 
 
+def _chunk_snapshots(layer: int, length: int, grid_index: dict[int, int], callback: StateCallback) -> Callable:
+    """The chunk callback of a reference kernel run over `length` tokens in chunks of 64: hands the state after each
+    chunk to `callback` when the chunk ends on a grid position."""
+
+    def snapshot(chunk: int, state) -> None:
+        position = min((chunk + 1) * CHUNK, length)
+        if position in grid_index:
+            callback(layer, grid_index[position], state)
+
+    return snapshot
+
+
 @contextlib.contextmanager
-def _patched_sites(adapter, sites, make_wrapper) -> Iterator[None]:
-    """Wrap each site's kernel global with `make_wrapper(original, current_layer)`; forward pre-hooks on the layer
-    modules tell the wrapper which layer is calling. Weights and forward code are untouched."""
+def _patched_sites(adapter, sites: Sequence[tuple[ModuleType, str, Callable]]) -> Iterator[None]:
+    """Wrap each (module, global name) kernel with its `make_wrapper(original, current_layer)`; forward pre-hooks on
+    the layer modules tell the wrappers which layer is calling. Weights and forward code are untouched."""
     active: list[int | None] = [None]
 
     def enter(module, args):
@@ -110,7 +116,7 @@ def _patched_sites(adapter, sites, make_wrapper) -> Iterator[None]:
         for layer in adapter.linear_layers():
             handles.append(layer.module.register_forward_pre_hook(enter))
             handles.append(layer.module.register_forward_hook(leave))
-        for site, name in sites:
+        for site, name, make_wrapper in sites:
             original = getattr(site, name)
             patched.append((site, name, original))
             setattr(site, name, make_wrapper(original, lambda: active[0]))
@@ -151,11 +157,7 @@ def observe_ssd_scan(
                 "grid (grid_step 64)."
             )
 
-        def snapshot(chunk: int, state) -> None:
-            position = min((chunk + 1) * CHUNK, length)
-            if position in grid_index:
-                callback(layer, grid_index[position], state)
-
+        snapshot = _chunk_snapshots(layer, length, grid_index, callback)
         return one_pass_kernel(
             x, dt, A, B, C, head_to_group=head_to_group, chunk_size=CHUNK, D=kwargs.get("D"),
             dt_bias=kwargs.get("dt_bias"), dt_softplus=kwargs.get("dt_softplus", False),
@@ -186,5 +188,7 @@ def observe_ssd_scan(
 
         return observed
 
-    with _patched_sites(adapter, stock_sites, wrap_stock), _patched_sites(adapter, ragged_sites, wrap_ragged):
+    wrapped = [(site, name, wrap_stock) for site, name in stock_sites]
+    wrapped += [(site, name, wrap_ragged) for site, name in ragged_sites]
+    with _patched_sites(adapter, wrapped):
         yield

@@ -323,7 +323,7 @@ def rankpruned_kda_layer_class(stock_layer_class: type[nn.Module]) -> type[nn.Mo
 
 
 def _grouped_gated_norm(norm: nn.Module, hidden_states, gate, head_to_group: torch.Tensor, head_dim: int,
-                        norm_before_gate: bool = False, weight_in_fp32: bool = False):  # fmt: skip
+                        groups: int, norm_before_gate: bool = False, weight_in_fp32: bool = False):  # fmt: skip
     """The Mamba2 gated RMSNorm (gate before the norm) with its statistics taken over each group's heads, whatever
     the group sizes: the stock norm with `group_size = I / G` when the groups are equal and consecutive.
     `weight_in_fp32` (Falcon-H1's `FalconH1RMSNormGated`): the weight multiplies in fp32 and, with
@@ -334,7 +334,6 @@ def _grouped_gated_norm(norm: nn.Module, hidden_states, gate, head_to_group: tor
         hidden_states = hidden_states * F.silu(gate.to(torch.float32))
     heads = hidden_states.view(*hidden_states.shape[:-1], -1, head_dim)
     per_head = heads.pow(2).mean(-1)
-    groups = int(head_to_group.max()) + 1
     sums = per_head.new_zeros(*per_head.shape[:-1], groups).index_add_(-1, head_to_group, per_head)
     variance = (sums / torch.bincount(head_to_group, minlength=groups).to(sums))[..., head_to_group]
     heads = heads * torch.rsqrt(variance + norm.variance_epsilon)[..., None]
@@ -351,7 +350,7 @@ def _ssd_project(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _ssd_finish(self, scan_output: torch.Tensor, gate: torch.Tensor, head_to_group: torch.Tensor) -> torch.Tensor:
-    return _grouped_gated_norm(self.norm, scan_output, gate, head_to_group, self.head_dim)
+    return _grouped_gated_norm(self.norm, scan_output, gate, head_to_group, self.head_dim, self.n_groups)
 
 
 def _ssd_forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=None, **kwargs):
@@ -417,7 +416,7 @@ def _falcon_h1_finish(self, scan_output: torch.Tensor, gate: torch.Tensor, head_
     statistics per group, the gate before or after it (`mamba_norm_before_gate`), the weight in fp32."""
     if not self.mamba_rms_norm:
         return scan_output * F.silu(gate)
-    return _grouped_gated_norm(self.norm, scan_output, gate, head_to_group, self.head_dim,
+    return _grouped_gated_norm(self.norm, scan_output, gate, head_to_group, self.head_dim, self.n_groups,
                                norm_before_gate=self.norm.norm_before_gate, weight_in_fp32=True)  # fmt: skip
 
 

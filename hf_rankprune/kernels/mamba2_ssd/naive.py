@@ -32,6 +32,11 @@ import torch.nn.functional as F
 
 __all__ = ["naive_ssd_chunk_scan", "naive_ssd_step", "resolve_head_to_group"]
 
+# maps whose range was checked on a GPU: the check reads the map on the host (a device sync), so it runs once per
+# map (address, version), not at every decoding step (the gated delta rule's reference does the same; this file
+# cannot import it)
+_CHECKED_MAPS: set[tuple] = set()
+
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -53,9 +58,15 @@ def resolve_head_to_group(head_to_group: torch.Tensor | None, num_heads: int, nu
         raise ValueError(f"head_to_group must be an integer (Long) tensor, got dtype {head_to_group.dtype}")
     if head_to_group.shape != (num_heads,):
         raise ValueError(f"head_to_group must have shape [H] = ({num_heads},), got {tuple(head_to_group.shape)}")
-    if num_heads and (int(head_to_group.min()) < 0 or int(head_to_group.max()) >= num_groups):
-        raise ValueError(f"head_to_group values must lie in [0, G) = [0, {num_groups}), got "
-                         f"{head_to_group.tolist()}")
+    key = (head_to_group.device, head_to_group.data_ptr(), head_to_group._version, num_heads, num_groups)
+    if not head_to_group.is_cuda or key not in _CHECKED_MAPS:
+        if num_heads and (int(head_to_group.min()) < 0 or int(head_to_group.max()) >= num_groups):
+            raise ValueError(f"head_to_group values must lie in [0, G) = [0, {num_groups}), got "
+                             f"{head_to_group.tolist()}")
+        if head_to_group.is_cuda:
+            if len(_CHECKED_MAPS) > 4096:
+                _CHECKED_MAPS.clear()
+            _CHECKED_MAPS.add(key)
     return head_to_group.to(device=device, dtype=torch.long)
 
 
