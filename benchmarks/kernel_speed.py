@@ -1,8 +1,8 @@
 """Benchmark the kernels of pruned layers: the gated delta rule (ragged value->key maps) and Kimi delta attention.
 
-    python benchmarks/kernels.py            # CUDA: Qwen3-Next shapes (H=16 key heads, HV=32 value heads, d=128)
-    python benchmarks/kernels.py --tiny     # tiny shapes on CPU, Triton under the interpreter (CI smoke run)
-    python benchmarks/kernels.py --ops kda  # only the Kimi delta attention rows (Kimi Linear: 32 heads, d=128)
+    python benchmarks/kernel_speed.py            # CUDA: Qwen3-Next shapes (H=16 key heads, HV=32 value heads, d=128)
+    python benchmarks/kernel_speed.py --tiny     # tiny shapes on CPU, Triton under the interpreter (CI smoke run)
+    python benchmarks/kernel_speed.py --ops kda  # only the Kimi delta attention rows (Kimi Linear: 32 heads, d=128)
 
 For each removal ratio (25/39/50% of value heads, removed at random: ragged groups), prefill (chunked) and
 decode (one token from a cached state), it prints the time of our Triton kernels, of fla's kernels on q/k
