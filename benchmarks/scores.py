@@ -7,6 +7,12 @@ and 1024 tokens x 5 depths x --num-keys keys). Importance scores remove their lo
 
     .venv/bin/python benchmarks/scores.py                       # all variants, 10 keys per (length, depth)
     .venv/bin/python benchmarks/scores.py --num-keys 5 --greedy-samples 8 --json scores.json
+    .venv/bin/python benchmarks/scores.py --variants original,kl_text,kl,kl:retrieval_mix=0.5:answer_weight=100
+
+The importance scores measured on data (kl, kl_greedy, taylor, activation) run at the config's default retrieval mix
+(`retrieval_mix`, `answer_weight`: a share of the calibration samples replaced by retrieval documents, see
+hf_rankprune.data.retrieval); their `_text` variants (kl_text, ...) measure on the calibration text only (mix 0).
+A variant NAME:setting=value:... overrides settings of variant NAME (for sweeps of the mix and the weight).
 
 Cost on 2 CPU cores: kl one shot takes one forward per head per batch (32 heads x 4 batches of 4 x 512 tokens),
 kl greedy about (removed heads) x (remaining heads) x batches: it dominates the run (--greedy-samples lowers it).
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -33,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", default="512,1024", help="passkey context lengths (default 512,1024)")
     parser.add_argument("--greedy-samples", type=int, default=None,
                         help="calibration samples of kl greedy (default: the recipe's 16)")  # fmt: skip
-    parser.add_argument("--variants", default="original,jrnp,kl,kl_greedy,taylor,activation,decay,random",
+    parser.add_argument("--variants", default="original,jrnp,kl_text,kl,kl_greedy_text,kl_greedy,taylor_text,taylor,"
+                        "activation_text,activation,decay,random",
                         help="comma-separated subset to run")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on shared cores)")
     parser.add_argument("--json", default=None, help="write the results here too")
@@ -41,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from hf_rankprune import RankPruner
+    from hf_rankprune.config import DATA_SCORES, value_type
+    from hf_rankprune.data import load_calibration_samples
     from hf_rankprune.evaluation import evaluate_model
     from hf_rankprune.loading import DEMO_MODEL_PATH, load_model_and_tokenizer
-    from hf_rankprune.output_scores import decay_scores
+    from hf_rankprune.output_scores import decay_scores, with_retrieval
     from hf_rankprune.recipe import load_recipe
     from hf_rankprune.report import decay_rank_correlation
 
@@ -64,10 +74,24 @@ def main(argv: list[str] | None = None) -> int:
         "decay": importance.replace(score="decay"),
         "random": recipe.replace(direction="random", seed=0),
     }
+    for name in ("kl", "kl_greedy", "taylor", "activation"):
+        variants[f"{name}_text"] = variants[name].replace(retrieval_mix=0.0)
     chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(variants))
+    unknown = sorted({name.split(":")[0] for name in chosen} - set(variants))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(variants)}")
+    fields = {spec.name: spec for spec in dataclasses.fields(recipe)}
+    for name in chosen:
+        base, *overrides = name.split(":")
+        if overrides:
+            values = {}
+            for item in overrides:
+                key, _, text = item.partition("=")
+                if key not in fields:
+                    parser.error(f"variant {name!r}: unknown setting {key!r}")
+                kind = value_type(fields[key])
+                values[key] = (text.lower() in ("1", "true", "yes")) if kind is bool else kind(text)
+            variants[name] = variants[base].replace(**values)
 
     def evaluate(model):
         return evaluate_model(model, tokenizer, ["perplexity", "passkey"], lengths=lengths, num_keys=args.num_keys)
@@ -87,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                     stats = pruner.calibrate(progress=False)
                 else:
                     pruner.load_stats(stats)
+            elif config.score in DATA_SCORES:
+                # the mix is built here with the tokenizer (with_retrieval: the same as importance_scores does)
+                samples = load_calibration_samples(config.data, tokenizer, config.num_samples, config.seq_len,
+                                                   config.seed)  # fmt: skip
+                samples, mixed = with_retrieval(samples, tokenizer, config)
+                pruner.measure_importance(samples, progress=False)
+                row.update(retrieval_samples=mixed.get("retrieval_samples", 0), mix=config.retrieval_mix,
+                           answer_weight=config.answer_weight if config.score != "activation" else None)  # fmt: skip
             plan = pruner.plan()
             pruner.prune()
             measured = plan.settings.get("score_measured") or {}
@@ -115,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{any_row.get('perplexity.num_tokens')} held-out tokens, passkey on {examples} examples "
           f"({', '.join(map(str, lengths))} tokens x 5 depths x {args.num_keys} keys)\n")  # fmt: skip
     header = ["heads removed by", "perplexity", "x original", "passkey"]
-    header += [f"passkey@{length}" for length in lengths] + ["scoring passes (fwd/bwd) on samples", "seconds"]
+    header += [f"passkey@{length}" for length in lengths]
+    header += ["scoring passes (fwd/bwd) on samples", "retrieval docs (mix, answer weight)", "seconds"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, row in rows.items():
@@ -124,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         cost = "" if name == "original" else f"{row['forwards']}/{row['backwards']} on {row['samples'] or 0}"
         cells = [name, f"{ppl:.2f}", ratio, f"{row['passkey.accuracy']:.2f}"]
         cells += [f"{row.get(f'passkey.accuracy@{length}', float('nan')):.2f}" for length in lengths]
-        cells += [cost, f"{row['seconds']}"]
+        mix = (f"{row['retrieval_samples']} ({row['mix']:g}, {row['answer_weight'] if row['answer_weight'] is not None else '-'})"
+               if "retrieval_samples" in row else "")  # fmt: skip
+        cells += [cost, mix, f"{row['seconds']}"]
         print("| " + " | ".join(cells) + " |")
     if correlation is not None:
         print(f"\nSpearman rho, decay score vs calibrated mean rank over the 32 heads: "

@@ -220,6 +220,25 @@ class RankPruneConfig:
         help="with score 'kl': remove one head at a time and re-score the remaining heads after each removal "
         "(about one forward per remaining head per batch per removal) instead of scoring once",
     )  # fmt: skip
+    retrieval_mix: float = setting(
+        0.25, recipe=MODIFIER, cli=PRUNING, plan=True, scores=DATA_SCORES, check=_in_interval(0.0, 1.0),
+        help="with score 'kl', 'taylor' or 'activation': the fraction of the calibration samples replaced by "
+        "retrieval documents (passkey-like: a key hidden in filler at a random depth, asked for at the end; seeded, "
+        "never an evaluation key: hf_rankprune.data.retrieval), so that the heads retrieval needs score as "
+        "important; 0 measures on the calibration text only. Default 0.25 with answer_weight 200, measured on the "
+        "demo model at 12 of 32 heads (kl, 16 x 512 tokens, 4 of them documents): passkey 1.00 at perplexity "
+        "1.125x the original, where mix 0 gives passkey 0.51 at 1.133x; larger mixes keep passkey but cost "
+        "perplexity (0.5: 1.148x, 1.0: 1.163x). A document needs about 70 tokens (the demo tokenizer's; shorter "
+        "samples measure the text only, and the plan says so)",
+    )  # fmt: skip
+    answer_weight: float = setting(
+        200.0, recipe=MODIFIER, cli=PRUNING, plan=True, scores=("kl", "taylor"),
+        check=_in_interval(0.0, 10000.0, low_open=True),
+        help="with score 'kl' or 'taylor' and a retrieval_mix: how much the prediction of each answer token of a "
+        "retrieval document counts in the weighted mean KL / loss, every other prediction counting 1. The default "
+        "200 gives the demo model's 24 answer tokens about a third of the weight of its 16 x 512-token samples; "
+        "weights up to 50 left the chosen heads as the filler of the documents alone chose them (passkey 0.81)",
+    )  # fmt: skip
     alpha: float = setting(
         0.5, recipe=MODIFIER, cli=PRUNING, plan=True, scores=RANK_SCORES, check=_in_interval(0.0, 1.0),
         help="weight of the rank term in the joint score (the paper did not disclose it)",

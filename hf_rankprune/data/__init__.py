@@ -6,7 +6,8 @@ built-in suite that needs no network provides one category for each (`builtin`).
 
 Entry point: :func:`load_calibration_samples`. How ``data`` is read is described there. The package's modules:
 `samples` (the containers), `sources` (the spec grammar and the readers), `windows` (tokenising and cutting) and
-`builtin` (the synthetic suite, one generator per category).
+`builtin` (the synthetic suite, one generator per category) and `retrieval` (passkey-like retrieval documents with
+per-token weights, which the output-aware head scores mix into their samples: `retrieval_mix`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from ..errors import CalibrationDataError
 from .builtin import BUILTIN_CATEGORIES, builtin_texts
+from .retrieval import RETRIEVAL_CATEGORY, mix_retrieval, retrieval_documents
 from .samples import CalibrationSamples, TextSource, describe_samples
 from .sources import expand_specs
 
@@ -26,10 +28,13 @@ __all__ = [
     "BUILTIN_CATEGORIES",
     "CalibrationDataError",
     "CalibrationSamples",
+    "RETRIEVAL_CATEGORY",
     "TextSource",
     "builtin_texts",
     "describe_samples",
     "load_calibration_samples",
+    "mix_retrieval",
+    "retrieval_documents",
 ]
 
 

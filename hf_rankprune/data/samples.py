@@ -18,10 +18,16 @@ class CalibrationSamples:
 
     Rows are interleaved round-robin across sources/categories, so any prefix and any :meth:`shard` covers the
     categories as evenly as possible.
+
+    ``weights`` (optional, float32 [N, seq_len]): how much each position's prediction counts in a weighted objective
+    (the output-aware head scores' KL and loss): weights[i, t] weighs the prediction made at position t, i.e. of
+    token t + 1 from tokens 0..t (0 = ignored, e.g. padding). None means uniform (every position 1); rank
+    calibration ignores them.
     """
 
     input_ids: torch.LongTensor
     categories: list[str]
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_ids, torch.Tensor) or self.input_ids.dim() != 2:
@@ -33,6 +39,16 @@ class CalibrationSamples:
             raise CalibrationDataError(
                 f"{len(self.categories)} categories for {self.input_ids.shape[0]} samples: give one per sample."
             )
+        if self.weights is not None:
+            if not isinstance(self.weights, torch.Tensor) or tuple(self.weights.shape) != tuple(self.input_ids.shape):
+                shape = tuple(self.weights.shape) if isinstance(self.weights, torch.Tensor) else type(self.weights)
+                raise CalibrationDataError(
+                    f"weights of shape {shape} for input_ids of shape {tuple(self.input_ids.shape)}: give one weight "
+                    "per token, or None for uniform weights."
+                )
+            self.weights = self.weights.float()
+            if not torch.isfinite(self.weights).all() or (self.weights < 0).any():
+                raise CalibrationDataError("weights must be finite and >= 0.")
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -54,7 +70,8 @@ class CalibrationSamples:
             raise CalibrationDataError(f"world_size={world_size} must be >= 1.")
         if not 0 <= rank < world_size:
             raise CalibrationDataError(f"rank={rank} must be in [0, {world_size - 1}] for world_size={world_size}.")
-        return CalibrationSamples(self.input_ids[rank::world_size].clone(), self.categories[rank::world_size])
+        weights = None if self.weights is None else self.weights[rank::world_size].clone()
+        return CalibrationSamples(self.input_ids[rank::world_size].clone(), self.categories[rank::world_size], weights)
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.LongTensor, list[str]]]:
         """Consecutive batches of at most ``batch_size`` samples, with their categories."""

@@ -8,7 +8,9 @@ A document hides a number (the pass key) at a chosen depth of filler text and as
 
 `prompt` ends just before the answer; `answer` is `" " + key`. Lengths are measured in tokens of the
 tokenizer given, so a document of `length` tokens fits a model context of that size (prompt plus answer).
-Training and evaluation draw keys from different seeds (`evaluation_samples` derives its own).
+Training and evaluation draw keys from different seeds (`evaluation_samples` derives its own, `evaluation_keys`);
+the retrieval calibration documents of the output-aware head scores (`hf_rankprune.data.retrieval`) are built by
+`make_passkey_sample` too, from their own seeds and filler, and never use a key `evaluation_keys` gives.
 """
 
 from __future__ import annotations
@@ -103,6 +105,13 @@ def make_passkey_sample(
 EVAL_SEED_OFFSET = 1_000_003  # evaluation keys never come from the seeds that training uses
 
 
+def evaluation_keys(count: int, seed: int = 0, num_digits: int = 5) -> list[str]:
+    """The first `count` keys of the evaluation with `seed`, in the order `evaluation_samples` uses them (the key
+    sequence depends only on the seed and the digit count, not on the lengths, depths or tokenizer)."""
+    rng = random.Random(EVAL_SEED_OFFSET + seed)
+    return [random_key(rng, num_digits) for _ in range(count)]
+
+
 def evaluation_samples(
     tokenizer,
     lengths: Sequence[int] = (512, 1024),
@@ -113,14 +122,12 @@ def evaluation_samples(
     filler: Sequence[str] = DEFAULT_FILLER,
 ) -> list[PasskeySample]:
     """The length x depth x key grid of an evaluation, deterministic in `seed`."""
-    rng = random.Random(EVAL_SEED_OFFSET + seed)
+    keys = iter(evaluation_keys(len(lengths) * len(depths) * num_keys, seed, num_digits))
     samples = []
     for length in lengths:
         for depth in depths:
             for _ in range(num_keys):
-                samples.append(
-                    make_passkey_sample(tokenizer, int(length), float(depth), random_key(rng, num_digits), filler)
-                )
+                samples.append(make_passkey_sample(tokenizer, int(length), float(depth), next(keys), filler))
     return samples
 
 
