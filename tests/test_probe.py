@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -6,13 +7,38 @@ import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
 from test_scoring import stats_for
 
+from hf_rankprune import RankPruner
 from hf_rankprune.cli import main
 from hf_rankprune.config import RankPruneConfig
-from hf_rankprune.probe import HIGHEST, LOWEST, probe_variants, render_probe_markdown, run_probe, verdict, write_probe
+from hf_rankprune.data import CalibrationSamples
+from hf_rankprune.errors import ImportanceScoreError
+from hf_rankprune.probe import (
+    BEST_RULE,
+    HIGHEST,
+    LOWEST,
+    best_score,
+    probe_variants,
+    render_probe_markdown,
+    run_probe,
+    verdict,
+    write_probe,
+)
 from hf_rankprune.scoring import plan_from_stats
 
 TEXTS = ["The state of a linear attention head is a matrix. " * 40, "Heads differ by the rank of that state. " * 40]
-EVAL = dict(lengths=[400], depths=[0.5], num_keys=1, texts=TEXTS, max_tokens=600, window=256)
+EVAL = dict(lengths=[256], depths=[0.5], num_keys=1, texts=TEXTS, max_tokens=192, window=64)
+# importance scores measured on 2 x 24 tokens: one batch
+SMALL = dict(num_samples=2, seq_len=24, batch_size=2)
+SAMPLES = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two shared cores: one torch thread is many times faster than two competing ones on these tiny forwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def synthetic_result(high_acc, low_acc, random_accs, high_ppl=12.0, low_ppl=30.0, jrnp_ppl=12.5, random_ppls=(20.0,)):
@@ -75,20 +101,130 @@ def test_variants_remove_equal_counts_of_the_right_heads():
     assert removed["random heads removed (seed 0)"] != removed["random heads removed (seed 1)"]
 
 
-def test_run_probe_on_a_tiny_model(tmp_path):
+def _removed(plan_or_row) -> dict[str, list[int]]:
+    if isinstance(plan_or_row, dict):
+        return {layer: sorted(heads) for layer, heads in plan_or_row["removed"].items()}
+    return {str(layer.layer): sorted(layer.removed_value_heads) for layer in plan_or_row.layers}
+
+
+def test_run_probe_on_a_tiny_model_scores_every_way_and_recovers(tmp_path):
     model, tokenizer = build_tiny_model("qwen3_next"), build_tiny_tokenizer()
     rng = np.random.default_rng(0)
     stats = stats_for(model, [rng.integers(1, 17, 8).astype(float) for _ in range(3)], [np.ones(8)] * 3)
     before = {name: p.clone() for name, p in model.named_parameters()}
-    result = run_probe(model, tokenizer, stats, RankPruneConfig(ratio=0.25), seeds=(0, 1), eval_kwargs=EVAL)
-    assert result["num_heads"] == 6 and len(result["rows"]) == 1 + 3 + 2
-    assert all(row["removed_heads"] == 6 for name, row in result["rows"].items() if name != "original")
-    assert all(0.0 <= row["passkey.accuracy"] <= 1.0 and row["perplexity.perplexity"] > 1 for row in result["rows"].values())
+    recovered = []
+
+    def recover(variant):  # stands in for recovery fine-tuning: changes the model, returns it
+        recovered.append(variant)
+        with torch.no_grad():
+            variant.get_output_embeddings().weight.mul_(0.5)
+        return variant
+
+    config = RankPruneConfig(ratio=0.25, **SMALL)
+    scores = ("kl", "taylor", "activation", "decay", "kl_greedy")
+    result = run_probe(model, tokenizer, stats, config, seeds=(0, 1), scores=scores, samples=SAMPLES,
+                       recover=recover, eval_kwargs=EVAL)  # fmt: skip
+    rows = result["rows"]
+    assert result["num_heads"] == 6 and result["scores"] == list(scores)
+    assert list(rows) == ["original", HIGHEST, LOWEST, "JRNP", "random heads removed (seed 0)",
+                          "random heads removed (seed 1)", *scores]  # fmt: skip
+    assert all(row["removed_heads"] == 6 for name, row in rows.items() if name != "original")
+    assert all(sum(map(len, row["removed"].values())) == 6 for name, row in rows.items() if name != "original")
+    assert all(0.0 <= row["passkey.accuracy"] <= 1.0 and row["perplexity.perplexity"] > 1 for row in rows.values())
+    # each score row removes the heads RankPruner plans with that score (measured on the original model)
+    for name in scores:
+        score_config = config.replace(num_heads=6, budget="global", score=name.removesuffix("_greedy"),
+                                      direction=None, kl_greedy=name == "kl_greedy")  # fmt: skip
+        pruner = RankPruner(copy.deepcopy(model), tokenizer, score_config)
+        pruner.measure_importance(CalibrationSamples(SAMPLES, ["default"] * 2), progress=False, verbose=False)
+        assert _removed(rows[name]) == _removed(pruner.plan()), name
+    assert rows["decay"]["score_measured"]["forwards"] == 0 and rows["kl"]["score_measured"]["forwards"] > 0
+    # the random control's spread is computed from the seeds
+    randoms = [rows[f"random heads removed (seed {seed})"] for seed in (0, 1)]
+    for key in ("passkey.accuracy", "perplexity.perplexity"):
+        assert result["random_mean"][key] == pytest.approx(np.mean([row[key] for row in randoms]))
+        assert result["random_std"][key] == pytest.approx(np.std([row[key] for row in randoms]))
+    assert rows["kl"]["vs_random"]["perplexity"] in ("better", "worse", "no different")
+    # recovery: once per pruned variant, its results under each row's after_recovery
+    assert len(recovered) == len(rows) - 1 and len({id(m) for m in recovered}) == len(recovered)
+    for name, row in rows.items():
+        if name == "original":
+            assert "after_recovery" not in row
+            continue
+        after = row["after_recovery"]
+        assert after["perplexity.perplexity"] != row["perplexity.perplexity"]
+        assert ("cost" in after and "vs_random" in after) == (not name.startswith("random"))
+    assert result["best_score"] in rows and result["best_score_after_recovery"] in rows
+    assert result["best_score"] == best_score(result) and "random_after_recovery" in result
     # every variant pruned a copy: the probed model is untouched
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
     write_probe(result, tmp_path)
     assert json.loads((tmp_path / "probe.json").read_text())["verdict"] == result["verdict"]
-    assert (tmp_path / "probe.md").read_text().startswith("# Pruning probe: 6 of 24 heads removed")
+    table = (tmp_path / "probe.md").read_text()
+    assert table.startswith("# Pruning probe: 6 of 24 heads removed")
+    assert "| after recovery: passkey | perplexity | vs random | cost |" in table
+    assert "| kl: the 6 least important heads by output-KL ablation removed |" in table
+    assert f"Best zero-shot score: {result['best_score']}; after recovery: " in table
+
+
+def test_probe_without_scores_keeps_the_rank_rows_only():
+    model, tokenizer = build_tiny_model("qwen3_5"), build_tiny_tokenizer()
+    stats = stats_for(model, [np.arange(8, dtype=float) + p for p in range(3)], [np.ones(8)] * 3)
+    result = run_probe(model, tokenizer, stats, RankPruneConfig(num_heads=3), seeds=(0,), scores=(),
+                       eval_kwargs=EVAL)  # fmt: skip
+    assert list(result["rows"]) == ["original", HIGHEST, LOWEST, "JRNP", "random heads removed (seed 0)"]
+    assert result["random_std"] == {"passkey.accuracy": 0.0, "perplexity.perplexity": 0.0}
+    assert "after_recovery" not in result["rows"]["JRNP"] and "best_score_after_recovery" not in result
+    assert "Importance scores" not in result["verdict"] and f"drop): {result['best_score']} (" in result["verdict"]
+
+
+def test_probe_refuses_bad_scores_and_data_scores_without_data_before_any_work():
+    model = build_tiny_model("qwen3_5")
+    stats = stats_for(model, [np.arange(8, dtype=float)] * 3, [np.ones(8)] * 3)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"unknown score\(s\) \['bogus'\] for the probe; valid scores: kl, "
+                           "kl_greedy, taylor, activation, decay"):  # fmt: skip
+            run_probe(model, build_tiny_tokenizer(), stats, RankPruneConfig(num_heads=3), scores=("kl", "bogus"))
+        with pytest.raises(ImportanceScoreError, match=r"score\(s\) \['taylor'\] are measured on calibration samples"):
+            run_probe(model, None, stats, RankPruneConfig(num_heads=3), scores=("decay", "taylor"))
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def test_best_score_is_the_smallest_perplexity_increase_plus_passkey_drop():
+    result = synthetic_result(0.9, 0.45, [0.6, 0.7, 0.5])  # original: passkey 1.0, perplexity 10
+    rows = result["rows"]
+    # costs: highest 0.2 + 0.1 = 0.3; lowest 2.0 + 0.55; JRNP 0.25 + 0.1 = 0.35
+    rows["kl"] = {"passkey.accuracy": 0.52, "perplexity.perplexity": 11.0}  # 0.1 + 0.48 = 0.58
+    rows["taylor"] = {"passkey.accuracy": 0.95, "perplexity.perplexity": 12.0}  # 0.2 + 0.05 = 0.25: the best
+    rows["decay"] = {"passkey.accuracy": 0.85, "perplexity.perplexity": 11.0}  # 0.1 + 0.15 = 0.25: tie, lower ppl
+    assert best_score(result) == "decay"
+    rows["decay"]["perplexity.perplexity"] = 11.1
+    assert best_score(result) == "taylor"
+    rows["JRNP"]["passkey.accuracy"] = 1.0  # 0.25 + 0.0 = 0.25, perplexity 12.5: taylor still (lower perplexity)
+    assert best_score(result) == "taylor"
+    rows["random heads removed (seed 0)"].update({"passkey.accuracy": 1.0, "perplexity.perplexity": 10.0})
+    assert best_score(result) == "taylor"  # random is the control, never the best score
+    rows["kl"]["perplexity.perplexity"] = float("inf")
+    assert best_score(result) == "taylor"
+    # after recovery: the recovered figures against the same original
+    for name in ("highest-rank heads removed", "lowest-rank heads removed", "JRNP", "kl", "taylor", "decay"):
+        rows[name]["after_recovery"] = {"passkey.accuracy": 0.9, "perplexity.perplexity": 11.0}
+    rows["kl"]["after_recovery"] = {"passkey.accuracy": 1.0, "perplexity.perplexity": 10.2}
+    assert best_score(result, after_recovery=True) == "kl"
+    result["verdict"] = verdict(result)
+    assert "Best zero-shot score (smallest relative perplexity increase + passkey drop): taylor (passkey 95.0%" in (
+        result["verdict"])  # fmt: skip
+    assert "taylor passkey 95.0% (-5.0 points), perplexity 12.00 (+20.0%), better than random on passkey and better " \
+           "than random on perplexity" in result["verdict"]  # fmt: skip
+    result["best_score"] = best_score(result)
+    table = render_probe_markdown(result)
+    assert f"{BEST_RULE[0].upper()}{BEST_RULE[1:]}. Best zero-shot score: taylor." in table
+    assert "| taylor: the 9 least important heads by first-order Taylor removed | 95.0% (-5.0 pts) | 12.00 (+20.0%) " \
+           "| better / better | +0.25 (best) |" in table  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -99,6 +235,8 @@ def test_run_probe_on_a_tiny_model(tmp_path):
         (["eval", "--depths", "0.5,1.5"], "every depth must lie in [0, 1]"),
         (["probe", "--seeds", ""], "give at least one seed"),
         (["probe", "--lengths", "99999"], "goes beyond the model's context"),
+        (["probe", "--scores", "kl,bogus"], "--scores 'kl,bogus': unknown score(s) ['bogus'] for the probe; valid "
+                                            "scores: kl, kl_greedy, taylor, activation, decay."),
     ],
 )
 def test_eval_and_probe_bad_inputs(tiny_model_dir, tmp_path, capsys, argv, pattern):
@@ -114,3 +252,21 @@ def test_eval_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
     code = main(["eval", str(tmp_path), "--out", str(tmp_path / "r.json")])
     assert code == 2 and "is not a model folder" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_probe_with_chosen_scores_writes_their_rows(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from hf_rankprune import cli
+
+    flags = cli._eval_kwargs  # the flags as given, perplexity on a short text (the packaged one takes seconds a row)
+    monkeypatch.setattr(cli, "_eval_kwargs", lambda *args: {**flags(*args), **{k: EVAL[k] for k in ("texts", "max_tokens",
+                                                                                                  "window")}})  # fmt: skip
+    out = tmp_path / "probe"
+    code = main(["probe", str(tiny_model_dir), "--scores", "decay,activation", "--probe-heads", "3", "--seeds", "0",
+                 "--num-samples", "2", "--seq-len", "128", "--batch-size", "2", "--grid-step", "64", "--lengths", "256",
+                 "--depths", "0.5", "--num-keys", "1", "--quiet", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "probe.json").read_text())
+    assert result["scores"] == ["decay", "activation"] and {"decay", "activation"} <= set(result["rows"])
+    assert result["rows"]["activation"]["removed_heads"] == 3 and result["best_score"] in result["rows"]
+    assert result["rows"]["activation"]["score_measured"]["samples"] == 2
+    assert "| decay: the 3 least important heads by decay, data-free removed |" in (out / "probe.md").read_text()
