@@ -59,6 +59,7 @@ PAPER_ARXIV = "2602.02195"
 # relation (compressed derivatives, listed under the base model's "Quantizations") is the closest; "finetune" would
 # claim training, "adapter" and "merge" describe other artefacts.
 BASE_MODEL_RELATION = "quantized"
+RECOVERED_RELATION = "finetune"  # after recovery the weights were trained: the Hub's relation for that
 TAGS = ("hf_rankprune", "pruned", "linear-attention")
 
 
@@ -91,6 +92,7 @@ def build_model_card(
     figures: Sequence[str] = (),
     template_path: str | os.PathLike | None = None,
     vision_language: bool = False,
+    recovery: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Render the card of a model pruned by `plan` (relative to the original model).
 
@@ -108,6 +110,8 @@ def build_model_card(
         figures: file names under `figures/` to show.
         template_path: a Jinja2 template (default: `model_cards/pruned_model_card.md`).
         vision_language: the model is a vision-language model (loaded with `AutoModelForImageTextToText`).
+        recovery: what recovery after pruning did (`recovery.json`: `hf_rankprune.recovery.recover`); the card then
+            has a Recovery section, the Hub relation `finetune`, and its evaluation is of the recovered model.
     """
     evaluation = _check_evaluation(evaluation)
     context_length = int(context_length or DEFAULT_CONTEXT_LENGTH)
@@ -132,7 +136,7 @@ def build_model_card(
     eval_results = _eval_results(evaluation.get("pruned") or {})
     card_data = ModelCardData(
         base_model=base_model,
-        base_model_relation=BASE_MODEL_RELATION if base_model else None,
+        base_model_relation=(RECOVERED_RELATION if recovery else BASE_MODEL_RELATION) if base_model else None,
         library_name="transformers",
         pipeline_tag="image-text-to-text" if vision_language else "text-generation",
         tags=[*TAGS, family, f"arxiv:{PAPER_ARXIV}"],
@@ -209,6 +213,7 @@ def build_model_card(
         "evaluation_note": _evaluation_note(evaluation),
         "figures": list(figures),
         "repo_id": repo_id or "path/to/this/model",
+        "recovery": _recovery_context(recovery) if recovery else None,
     }
     try:
         card = ModelCard.from_template(card_data, template_path=str(template), **context)
@@ -281,6 +286,75 @@ def write_pruner_card(pruner: RankPruner, folder: str | os.PathLike, *, repo_id:
         repo_id=repo_id,
         vision_language=getattr(model.config, "vision_config", None) is not None,
     )
+
+
+def write_recovered_card(folder: str | os.PathLike, pruned_folder: str | os.PathLike, plan: PrunePlan,
+                         recovery: Mapping[str, Any]) -> ModelCard:  # fmt: skip
+    """The card of a recovered model: the pruned model's (its base model, license, recipe, rank figures and
+    statistics travel along from `pruned_folder`) plus what recovery did; `recovery.json` beside it."""
+    import json
+    import shutil
+
+    from .recovery import RECOVERY_FILE
+
+    folder, pruned_folder = Path(folder), Path(pruned_folder)
+    base_model = license = None
+    if (pruned_folder / CARD_FILE).is_file():
+        data = ModelCard.load(pruned_folder / CARD_FILE).data
+        base_model = data.base_model if isinstance(data.base_model, str) else None
+        license = {key: getattr(data, key) for key in ("license", "license_name", "license_link")
+                   if getattr(data, key, None)} or None  # fmt: skip
+    for name in (STATS_FILE, RECIPE_FILE):
+        if (pruned_folder / name).is_file():
+            shutil.copyfile(pruned_folder / name, folder / name)
+    figures = []
+    if (pruned_folder / FIGURES_DIR).is_dir():
+        shutil.copytree(pruned_folder / FIGURES_DIR, folder / FIGURES_DIR, dirs_exist_ok=True)
+        figures = [name for name in CARD_FIGURES if (folder / FIGURES_DIR / name).is_file()]
+    recipe = (folder / RECIPE_FILE).read_text(encoding="utf-8") if (folder / RECIPE_FILE).is_file() else None
+    (folder / RECOVERY_FILE).write_text(json.dumps(recovery, indent=2) + "\n", encoding="utf-8")
+    card = build_model_card(plan, base_model=base_model, base_model_name=str(plan.original_model or pruned_folder),
+                            license=license, recipe=recipe, figures=figures, recovery=recovery,
+                            evaluation=recovery.get("evaluation"))  # fmt: skip
+    card.save(folder / CARD_FILE)
+    return card
+
+
+def _recovery_context(recovery: Mapping[str, Any]) -> dict[str, Any]:
+    """The Recovery section's values, from `recovery.json`."""
+    from .recovery import RECOVERY_SETTINGS, RecoveryConfig
+
+    settings = {**RecoveryConfig().to_dict(), **(recovery.get("settings") or {})}
+    history = recovery.get("loss_history") or []
+    method = ("every weight trained (full fine-tuning)" if settings["method"] == "full" else
+              f"LoRA adapters of rank {settings['lora_rank']} on every linear layer (peft), merged into the weights")  # fmt: skip
+    defaults = RecoveryConfig().to_dict()
+    flags = [f"--teacher {recovery['teacher']}"] if recovery.get("teacher") else []
+    for spec in RECOVERY_SETTINGS:
+        value = settings[spec.name]
+        if value != defaults[spec.name] and value is not None:
+            shown_value = ",".join(value) if isinstance(value, list) else value
+            flags.append(f"{cli_flag(spec.name)} {shown_value}")
+    batch = settings["batch_size"] * settings["gradient_accumulation_steps"]
+    return {
+        "summary": f"{recovery.get('steps')} steps of knowledge distillation from the base model ({settings['method']})",
+        "teacher": recovery.get("teacher") or "the original model",
+        "method_text": method,
+        "steps": recovery.get("steps"),
+        "batch": batch,
+        "seq_len": settings["seq_len"],
+        "tokens": f"{int(recovery.get('tokens_seen') or 0):,}",
+        "data": ", ".join(recovery.get("data") or ["builtin"]),
+        "learning_rate": settings["learning_rate"],
+        "lr_scheduler": settings["lr_scheduler"],
+        "seed": settings["seed"],
+        "temperature": settings["temperature"],
+        "hard_label_weight": settings["hard_label_weight"],
+        "first_loss": f"{history[0]['loss']:.4f}" if history else "n/a",
+        "last_loss": f"{history[-1]['loss']:.4f}" if history else "n/a",
+        "seconds": recovery.get("seconds"),
+        "flags": " ".join(flags),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ base model
@@ -410,10 +484,20 @@ def _importance_text(settings: Mapping[str, Any]) -> str | None:
     }[score]
     if score == "decay":
         return f"hf_rankprune scored every linear-attention head by {what}"
+    retrieval = ""
+    if measured.get("retrieval_samples"):
+        retrieval = (f", {measured['retrieval_samples']} of them retrieval documents (passkey-like, none an "
+                     "evaluation example")  # fmt: skip
+        weight = measured.get("answer_weight", _Settings(settings).answer_weight)
+        if score != "activation" and isinstance(weight, (int, float)):
+            retrieval += f"; each answer token weighted {weight:g}, every other token 1"
+        retrieval += ")"
+    elif measured.get("retrieval_skipped"):
+        retrieval = f" (no retrieval documents: {measured['retrieval_skipped']})"
     return (
         f"hf_rankprune scored every linear-attention head by {what}, on {measured.get('samples')} calibration samples "
-        f"of {measured.get('seq_len')} tokens ({measured.get('forwards')} forward and {measured.get('backwards')} "
-        "backward passes)"
+        f"of {measured.get('seq_len')} tokens{retrieval} ({measured.get('forwards')} forward and "
+        f"{measured.get('backwards')} backward passes)"
     )
 
 

@@ -243,6 +243,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text[:50]!r} is not an integer >= 1")
+    return value
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -302,12 +312,18 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    from .config import DATA_SCORES
     from .data import load_calibration_samples
-    from .probe import run_probe, write_probe
+    from .probe import check_probe_scores, run_probe, write_probe
     from .pruner import RankPruner
     from .stats import RankStats
     from .utils import atomic_output_dir, check_output_dir
 
+    text = args.scores.strip()
+    try:
+        scores = check_probe_scores([] if text.lower() == "none" else [s.strip() for s in text.split(",") if s.strip()])
+    except ValueError as error:
+        raise UsageError(f"--scores {args.scores!r}: {error}") from None
     config = _config_from_args(args)
     model_path = resolve_model_path(args.model)
     inputs = _run_inputs(args, model_path, config)
@@ -316,25 +332,107 @@ def _probe(args: argparse.Namespace) -> int:
     if not seeds:
         raise UsageError("--seeds: give at least one seed for the random control.")
     stats = RankStats.from_json_file(args.stats) if args.stats else None
-    if stats is None:
+    needs_samples = stats is None or any(score.removesuffix("_greedy") in DATA_SCORES for score in scores)
+    if needs_samples:
         _check_seq_len(config.seq_len, model_path)
     eval_kwargs = _eval_kwargs(args, model_path, ["passkey"])
     pruner = RankPruner.from_pretrained(model_path, config, device_map=args.device_map, torch_dtype=args.dtype)
-    if stats is None:
+    samples = None  # the rank calibration's samples, also those the importance scores are measured on
+    if needs_samples:
         samples = load_calibration_samples(config.data, pruner.tokenizer, config.num_samples, config.seq_len,
                                            config.seed)  # fmt: skip
+    recover = None  # recover(model) -> model: recovery fine-tuning of every pruned variant (None: zero-shot only)
+    if args.recover_steps is not None:
+        from .pruner import is_demo_model
+        from .recovery import DEMO_RECOVERY, RecoveryConfig, recovery_function
+
+        recovery = RecoveryConfig(**DEMO_RECOVERY) if is_demo_model(model_path) else RecoveryConfig()
+        recovery = recovery.replace(steps=args.recover_steps, seq_len=config.seq_len)  # the probe's sample length
+        recover = recovery_function(pruner.model, pruner.tokenizer, recovery)
+    if stats is None:
         stats = pruner.calibrate(samples, progress=not args.quiet)
 
     def fresh_model():
         return load_model_and_tokenizer(model_path, device_map=args.device_map, dtype=args.dtype)[0]
 
     result = run_probe(pruner.model, pruner.tokenizer, stats, config, num_heads=args.probe_heads, seeds=seeds,
-                       model_factory=fresh_model, eval_kwargs=eval_kwargs, progress=not args.quiet)  # fmt: skip
+                       scores=scores, samples=samples, recover=recover, model_factory=fresh_model,
+                       eval_kwargs=eval_kwargs, progress=not args.quiet)  # fmt: skip
     with atomic_output_dir(args.out, args.overwrite, inputs) as staging:
         write_probe(result, staging)
         stats.to_json_file(staging / "rank_stats.json")
     print(result["verdict"])
     return 0
+
+
+def _add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per RecoveryConfig field (default None: only given flags override the recipe's or the defaults)."""
+    from .recovery import RECOVERY_SETTINGS, RecoveryConfig
+
+    defaults = RecoveryConfig()
+    for spec in RECOVERY_SETTINGS:
+        default = getattr(defaults, spec.name)
+        shown_default = "" if default is None else f" (default {default})"
+        argument: dict = {"default": None, "help": (spec.metadata["help"] + shown_default).replace("%", "%%")}
+        if spec.name == "data":
+            argument.update(action="append", metavar="SPEC")
+        else:
+            kind = type(default) if default is not None else int
+            argument.update(type=kind, choices=spec.metadata["choices"])
+        parser.add_argument(cli_flag(spec.name), **argument)
+
+
+def _recover(args: argparse.Namespace) -> int:
+    """Check every input (pruned model, teacher, output, settings) before any work, then `recovery.recover`."""
+    from .recipe import load_recipe
+    from .recovery import DEMO_RECOVERY, RECOVERY_SETTINGS, RecoveryConfig, recover, recovery_work_dir
+
+    base = RecoveryConfig()
+    if args.recipe is not None:
+        recipe = load_recipe(args.recipe)
+        if recipe.recovery is None:
+            raise UsageError(f"{args.recipe} has no recovery stage (recovery_stage: with a DistillationModifier).")
+        base = recipe.recovery
+    elif _is_demo_teacher(args):
+        base = base.replace(**DEMO_RECOVERY)
+    overrides = {spec.name: getattr(args, spec.name) for spec in RECOVERY_SETTINGS if getattr(args, spec.name) is not None}
+    config = base.replace(**overrides)
+    try:
+        result = recover(args.pruned_model, args.out, config, teacher=args.teacher, overwrite=args.overwrite,
+                         device_map=args.device_map, progress=not args.quiet)  # fmt: skip
+    except KeyboardInterrupt:
+        _resume_hint(recovery_work_dir(args.out))
+        raise
+    except Terminated:
+        _resume_hint(recovery_work_dir(args.out))
+        raise
+    info = result.info
+    history = info["loss_history"]
+    losses = f"; loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}" if history else ""
+    print(f"Recovered {args.pruned_model} in {info['steps']} steps ({info['tokens_seen']:,} tokens, {info['seconds']} s"
+          f"{losses}). Saved to {args.out}")  # fmt: skip
+    return 0
+
+
+def _is_demo_teacher(args: argparse.Namespace) -> bool:
+    """The run distils the embedded demo model (recorded in the plan, no --teacher): it gets DEMO_RECOVERY's sizes."""
+    from .loading import load_config
+    from .plan import DEMO_ORIGINAL
+    from .surgery import model_plan
+
+    if args.teacher is not None:
+        return False
+    try:
+        plan = model_plan(load_config(resolve_model_path(args.pruned_model)))
+    except RankPruneError:
+        return False  # recover() reports it
+    return plan is not None and plan.original_model == DEMO_ORIGINAL
+
+
+def _resume_hint(work) -> None:
+    if work.is_dir():
+        print(f"note: the checkpoints of this recovery are kept in {work}: rerun the same command to resume.",
+              file=sys.stderr)  # fmt: skip
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -411,10 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier results file there")
     evaluate.set_defaults(handler=_eval)
 
-    probe = commands.add_parser("probe", help="which heads can this model spare? highest vs lowest rank vs random vs JRNP",
-                                description="Remove the same number of heads four ways (the highest-rank heads, the "
-                                "lowest-rank heads, random heads over --seeds, JRNP), evaluate each on passkey and "
-                                "perplexity, and say what each costs. Loads the model once per variant.")  # fmt: skip
+    probe = commands.add_parser("probe", help="which heads can this model spare? every score vs random at one head count",
+                                description="Remove the same number of heads every way (the highest-rank heads, the "
+                                "lowest-rank heads, random heads over --seeds, JRNP, and the least important heads by "
+                                "each of --scores), evaluate each on passkey and perplexity, say what each costs "
+                                "against the original and the random control, and name the best score (smallest "
+                                "relative perplexity increase + passkey drop). Loads the model once per variant.")  # fmt: skip
     _add_model_arguments(probe)
     _add_setting_arguments(probe, CALIBRATION)
     _add_setting_arguments(probe, PRUNING)
@@ -422,10 +522,40 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--stats", default=None, help="rank_stats.json from `analyze` (skips calibration)")
     probe.add_argument("--probe-heads", type=int, default=None, help="heads removed per variant (default: the budget)")
     probe.add_argument("--seeds", default="0,1,2", help="seeds of the random control (default 0,1,2)")
+    from .config import IMPORTANCE_SCORES  # probe.DEFAULT_PROBE_SCORES, without importing torch for --help
+
+    probe.add_argument("--scores", default=",".join(IMPORTANCE_SCORES),
+                       help=f"importance scores that get a row each, measured once on the original model: any of "
+                       f"{', '.join(IMPORTANCE_SCORES)}, kl_greedy ('none': rank rows only; kl_greedy costs about "
+                       f"heads removed x heads forwards per batch) (default {','.join(IMPORTANCE_SCORES)})")  # fmt: skip
+    probe.add_argument("--recover-steps", type=_positive_int, default=None, metavar="N",
+                       help="also evaluate every variant after N steps of recovery by distillation from the model "
+                       "(`recover`'s other defaults; the demo model's: 4 x 512 tokens a step)")  # fmt: skip
     probe.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     probe.add_argument("--overwrite", action="store_true", help="replace an earlier output of hf-rankprune there")
     probe.add_argument("--quiet", action="store_true", help="no progress bar")
     probe.set_defaults(handler=_probe)
+
+    recover = commands.add_parser(
+        "recover", help="recover a pruned model's quality by distillation from the original model",
+        description="Train a pruned model (the output of `prune`) to imitate the model it was cut from (knowledge "
+        "distillation on calibration text, KL of the next-token distributions) with the transformers Trainer: full "
+        "fine-tuning or LoRA (merged at the end). The heads stay removed. Checkpoints go to a hidden sibling of --out; "
+        "rerun the same command to resume an interrupted run. Demo model: 200 steps of 4 x 512 tokens, minutes on a "
+        "CPU.",
+    )  # fmt: skip
+    recover.add_argument("pruned_model", metavar="PRUNED_DIR", help="a folder written by `hf-rankprune prune`")
+    recover.add_argument("--teacher", default=None, metavar="MODEL",
+                         help="the model to imitate: a folder or Hub id of the same architecture and vocabulary "
+                         "(default: the model the plan records it was cut from)")  # fmt: skip
+    recover.add_argument("--recipe", default=None, metavar="FILE", help="YAML recipe with a recovery_stage (flags "
+                         "override it)")  # fmt: skip
+    _add_recovery_arguments(recover)
+    recover.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' (default: CPU)")
+    recover.add_argument("--out", required=True, help="output model folder (must not exist or be empty)")
+    recover.add_argument("--overwrite", action="store_true", help="replace an earlier output of hf-rankprune there")
+    recover.add_argument("--quiet", action="store_true", help="no progress bar")
+    recover.set_defaults(handler=_recover)
 
     push = commands.add_parser("push", help="push a saved pruned model folder (weights, plan, card) to the Hub",
                                description="Upload a folder written by `hf-rankprune prune` to a Hub model repo in "

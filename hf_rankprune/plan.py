@@ -26,6 +26,8 @@ from .memory import LayerMemory, PlanMemory, plan_memory  # noqa: F401 (re-expor
 
 PLAN_VERSION = 1
 CONFIG_KEY = "rankprune_plan"
+ORIGINAL_MODEL_KEY = "original_model"  # settings key: the folder or Hub id the plan's model was loaded from
+DEMO_ORIGINAL = "hf_rankprune:demo_model"  # how a plan names the embedded demo model (its path differs per machine)
 
 
 
@@ -364,6 +366,13 @@ class PrunePlan:
             if layer.layer == index:
                 return layer
         raise KeyError(index)
+
+    @property
+    def original_model(self) -> str | None:
+        """The model this plan was cut from, as recorded at pruning time (the first step's, for a composed plan):
+        a Hub id, a local folder, or DEMO_ORIGINAL; None when it was not recorded. Recovery's default teacher."""
+        first = (self.settings.get("steps") or [self.settings])[0] if self.settings else {}
+        return first.get(ORIGINAL_MODEL_KEY)
 
     @property
     def layer_indices(self) -> list[int]:

@@ -32,7 +32,7 @@ from .loading import (
     load_model_and_tokenizer,
     resolve_model_path,
 )
-from .plan import PlanError, PrunePlan
+from .plan import DEMO_ORIGINAL, ORIGINAL_MODEL_KEY, PlanError, PrunePlan
 from .recipe import Recipe, check_architecture, load_recipe
 from .scoring import UniformRoundingWarning, greedy_budget, plan_from_scores, plan_from_stats, uniform_choice
 from .stats import RankStats
@@ -199,7 +199,7 @@ class RankPruner(OptimumQuantizer):
             samples = self._samples(data, f"score={self.config.score!r} is measured on calibration data, which")
         budget = greedy_budget(self.adapter, self.config) if self.config.score == "kl" and self.config.kl_greedy else None
         self._importance = importance_scores(self.model, self.config, samples, budget=budget, progress=progress,
-                                             verbose=verbose)  # fmt: skip
+                                             verbose=verbose, tokenizer=self.tokenizer)  # fmt: skip
         self._plan = None
         return self._importance
 
@@ -229,7 +229,22 @@ class RankPruner(OptimumQuantizer):
                 measured["calibration_samples"] = measured.get("samples")
                 measured["calibration_seq_len"] = measured.get("seq_len")
                 self._plan = plan_from_scores(self.adapter, self._importance.scores, self.config, measured)
+            self._plan.settings[ORIGINAL_MODEL_KEY] = self.original_model
         return self._plan
+
+    @property
+    def original_model(self) -> str | None:
+        """How the plan names the model it is cut from (recovery's default teacher): its Hub id, the demo model's
+        marker, or its local folder; None for a model given as an object with no known origin."""
+        from .card import hub_model_id
+
+        source = self.source_model or getattr(self.model.config, "_name_or_path", None) or None
+        if is_demo_model(source):
+            return DEMO_ORIGINAL
+        hub_id = self.base_model or hub_model_id(str(self.model_name)) or hub_model_id(source)
+        if hub_id is not None:
+            return hub_id
+        return str(Path(source).expanduser().resolve()) if source and Path(source).expanduser().is_dir() else None
 
     @property
     def pruning_plan(self) -> PrunePlan | None:

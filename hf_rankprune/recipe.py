@@ -13,7 +13,7 @@ arguments), plus top-level keys for what a run needs besides the modifier:
       batch_size: 1
       grid_step: 64                                         # (or grid: [explicit token positions])
       seed: 0
-    pruning_stage:                                          # exactly one `<name>_stage`
+    pruning_stage:                                          # exactly one `<name>_stage` with this modifier
       pruning_modifiers:                                    # exactly one `<name>_modifiers`
         RankPruningModifier:                                # RankPruneConfig's fields of recipe=MODIFIER
           rank_eps: 1.0e-4
@@ -28,6 +28,12 @@ arguments), plus top-level keys for what a run needs besides the modifier:
           min_heads_per_layer: 1
           protected_layers: []
           start_step: 100                                   # training callbacks only: prune after this step
+    recovery_stage:                                         # optional: `hf-rankprune recover --recipe` runs it
+      recovery_modifiers:
+        DistillationModifier:                               # hf_rankprune.recovery.RecoveryConfig's fields
+          steps: 300
+          learning_rate: 1.0e-5
+          method: full                                      # or lora (peft adapters, merged at the end)
     evaluation:                                             # optional; arguments of evaluation.evaluate_model
       tasks: [perplexity, passkey, memory]
     output_dir: out/qwen3-next-80b-rp39                     # optional
@@ -56,14 +62,17 @@ import yaml
 
 from .config import CALIBRATION, MODIFIER, ConfigError, RankPruneConfig, settings_in
 from .errors import RecipeError  # noqa: F401 (re-exported)
+from .recovery import RECOVERY_SETTINGS, RecoveryConfig
 from .utils import shown
 
 MODIFIER_NAME = "RankPruningModifier"
+RECOVERY_MODIFIER_NAME = "DistillationModifier"
 CALIBRATION_FIELDS = tuple(spec.name for spec in settings_in(recipe=CALIBRATION))
 MODIFIER_FIELDS = tuple(spec.name for spec in settings_in(recipe=MODIFIER))
 MODIFIER_EXTRA_FIELDS = ("start_step",)
 TOP_LEVEL_FIELDS = ("description", "model", "architecture", "calibration", "evaluation", "output_dir", "push_to_hub")
 PUSH_FIELDS = ("repo_id", "private")
+RECOVERY_STAGE, RECOVERY_GROUP = "recovery_stage", "recovery_modifiers"  # how `to_dict` writes the recovery stage
 _STRING_SOURCE = "<recipe>"
 
 
@@ -142,6 +151,7 @@ class Recipe:
     stage: str = "pruning_stage"
     modifiers_group: str = "pruning_modifiers"
     source: str | None = field(default=None, compare=False)
+    recovery: RecoveryConfig | None = None  # the recovery stage's settings (None: the recipe has none)
 
     @property
     def modifier_path(self) -> str:
@@ -166,6 +176,10 @@ class Recipe:
         out["architecture"] = list(self.architecture) if self.architecture is not None else None
         out["calibration"] = calibration
         out[self.stage] = {self.modifiers_group: {MODIFIER_NAME: modifier}}
+        if self.recovery is not None:
+            defaults = RecoveryConfig().to_dict()
+            changed = {k: v for k, v in self.recovery.to_dict().items() if v != defaults[k]}
+            out[RECOVERY_STAGE] = {RECOVERY_GROUP: {RECOVERY_MODIFIER_NAME: changed}}
         if self.evaluation is not None:
             out["evaluation"] = copy.deepcopy(self.evaluation)
         if self.output_dir is not None:
@@ -288,10 +302,40 @@ def _optional_str(values: dict, key: str, where: str, source: str) -> str | None
     return value
 
 
+def _is_recovery_stage(value: Any) -> bool:
+    """A stage whose one modifiers group holds the DistillationModifier."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return False
+    group = next(iter(value.values()))
+    return isinstance(group, dict) and RECOVERY_MODIFIER_NAME in group
+
+
+def _recovery(data: dict, stage: str, source: str) -> RecoveryConfig:
+    group = next(iter(data[stage]))
+    modifiers = data[stage][group]
+    path = f"{stage}.{group}"
+    extra = [m for m in modifiers if m != RECOVERY_MODIFIER_NAME]
+    if extra:
+        raise RecipeError(f"{source}: unknown modifier {path}.{_key(extra[0])}; a recovery stage runs exactly one "
+                          f"{RECOVERY_MODIFIER_NAME}.")  # fmt: skip
+    path = f"{path}.{RECOVERY_MODIFIER_NAME}"
+    kwargs = modifiers[RECOVERY_MODIFIER_NAME]
+    kwargs = {} if kwargs is None else _mapping(kwargs, path, source)
+    _unknown(kwargs, tuple(spec.name for spec in RECOVERY_SETTINGS), path, source)
+    try:
+        return RecoveryConfig.from_dict(kwargs)
+    except ConfigError as error:
+        raise RecipeError(f"{source}: {path}.{error}") from error
+
+
 def _parse(data: Any, source: str) -> Recipe:
     data = _mapping(data, "the recipe", source)
     stages = [k for k in data if k.endswith("_stage") or k == "stage"]
-    others = {k: v for k, v in data.items() if k not in stages}
+    recovery_stages = [k for k in stages if _is_recovery_stage(data[k])]
+    if len(recovery_stages) > 1:
+        raise RecipeError(f"{source}: a recipe has at most one recovery stage; found {shown(recovery_stages)}.")
+    stages = [k for k in stages if k not in recovery_stages]
+    others = {k: v for k, v in data.items() if k not in stages and k not in recovery_stages}
     _unknown(others, TOP_LEVEL_FIELDS, "", source, " A stage is a key ending in '_stage'.")
     if len(stages) != 1:
         raise RecipeError(
@@ -341,6 +385,7 @@ def _parse(data: Any, source: str) -> Recipe:
         stage=stage,
         modifiers_group=group,
         source=source,
+        recovery=_recovery(data, recovery_stages[0], source) if recovery_stages else None,
     )
     return recipe
 

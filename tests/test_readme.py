@@ -96,3 +96,18 @@ def test_readme_has_one_demo_results_block():
     text = README.read_text(encoding="utf-8")
     assert text.count(demo.BEGIN) == 1 and text.count(demo.END) == 1
     assert text.index(demo.BEGIN) < text.index(demo.END)
+
+
+def test_the_demo_block_shows_jrnp_the_best_zero_shot_score_and_its_recovery_side_by_side():
+    demo = _run_demo_module()
+    analysis, results, probe, plan = _demo_like_run()
+    probe = {**probe, "best_score": "kl"}
+    results = {**results, "best_zero_shot": {"passkey.accuracy": 1.0, "perplexity.perplexity": 60.85},
+               "recovered": {"passkey.accuracy": 1.0, "perplexity.perplexity": 55.0},
+               "recovery": {"steps": 200, "settings": {"batch_size": 4, "seq_len": 512, "retrieval_mix": 0.25}}}
+    block = demo.results_markdown(analysis, results, probe, plan)
+    assert "| JRNP (the paper's score) | 82.5% (-17.5 pts) | 93.08 (1.732x) |" in block
+    assert "| best zero-shot score: `kl` | 100.0% (+0.0 pts) | 60.85 (1.132x) |" in block
+    assert "| `kl` + recovery | 100.0% (+0.0 pts) | 55.00 (1.023x) |" in block
+    assert "200 steps of distillation" in block and "4 x 512 tokens a step, 25% of them retrieval documents" in block
+
