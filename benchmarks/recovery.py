@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on shared cores)")
     parser.add_argument("--json", default=None, help="write the results here too")
     for name, value in DEMO_RECOVERY.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        if name != "data":
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--method", default="full", choices=["full", "lora"])
     parser.add_argument("--retrieval-mix", type=float, default=RecoveryConfig().retrieval_mix)
     args = parser.parse_args(argv)
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml").config.replace(num_heads=args.heads)
     configs = {"jrnp": recipe, "kl": recipe.replace(score="kl", direction=None),
                "taylor": recipe.replace(score="taylor", direction=None)}  # fmt: skip
-    recovery = RecoveryConfig(**{name: getattr(args, name) for name in DEMO_RECOVERY}, method=args.method,
-                              retrieval_mix=args.retrieval_mix)  # fmt: skip
+    sizes = {name: getattr(args, name) for name in DEMO_RECOVERY if name != "data"}
+    recovery = RecoveryConfig(**{**DEMO_RECOVERY, **sizes}, method=args.method, retrieval_mix=args.retrieval_mix)
     samples = None if args.no_recovery else training_samples(tokenizer, recovery)
 
     def evaluate(model) -> dict:

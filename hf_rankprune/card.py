@@ -131,7 +131,8 @@ def build_model_card(
         or Path(base_model_name or "").name
         or family
     )
-    title = f"{name}" if repo_id else f"{name}, {percent} of linear-attention heads pruned"
+    title = f"{name}" if repo_id else f"{name}, {percent} of linear-attention heads pruned" + (
+        " and recovered" if recovery else "")
     license_fields = _license_fields(license)
     eval_results = _eval_results(evaluation.get("pruned") or {})
     card_data = ModelCardData(
@@ -337,14 +338,17 @@ def _recovery_context(recovery: Mapping[str, Any]) -> dict[str, Any]:
             flags.append(f"{cli_flag(spec.name)} {shown_value}")
     batch = settings["batch_size"] * settings["gradient_accumulation_steps"]
     return {
-        "summary": f"{recovery.get('steps')} steps of knowledge distillation from the base model ({settings['method']})",
+        "summary": f"{recovery.get('steps')} steps of knowledge distillation from the base model "
+                   f"({'full fine-tuning' if settings['method'] == 'full' else 'LoRA, merged'})",
         "teacher": recovery.get("teacher") or "the original model",
         "method_text": method,
         "steps": recovery.get("steps"),
         "batch": batch,
         "seq_len": settings["seq_len"],
         "tokens": f"{int(recovery.get('tokens_seen') or 0):,}",
-        "data": ", ".join(recovery.get("data") or ["builtin"]),
+        "data": ", ".join(recovery.get("data") or ["builtin"]) + (
+            f"; {settings['retrieval_mix']:.0%} of the samples passkey-like retrieval documents, their answer tokens "
+            f"weighted {settings['answer_weight']:g}" if settings["retrieval_mix"] > 0 else ""),
         "learning_rate": settings["learning_rate"],
         "lr_scheduler": settings["lr_scheduler"],
         "seed": settings["seed"],

@@ -117,6 +117,20 @@ def _layer_indices(config: Any, name: str) -> None:
     config.protected_layers = list(layers)
 
 
+def check_declared_fields(settings: Any) -> None:
+    """Check every field of the dataclass `settings` by the `choices` and `check` its metadata declares (None, the
+    value of an unset optional field, is not checked); the first bad value raises ConfigError."""
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        if value is None and spec.default is None:
+            continue
+        choices, check = spec.metadata["choices"], spec.metadata["check"]
+        if choices is not None and value not in choices:
+            _fail(settings, spec.name, f"choose one of {list(choices)}")
+        if check is not None:
+            check(settings, spec.name)
+
+
 def setting(
     default: Any = dataclasses.MISSING,
     *,
@@ -307,15 +321,7 @@ class RankPruneConfig:
     # -- validation ---------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check every field by its declaration, then the budget rule (filling in DEFAULT_RATIO when unset)."""
-        for spec in dataclasses.fields(self):
-            value = getattr(self, spec.name)
-            if value is None and spec.default is None:
-                continue
-            choices, check = spec.metadata["choices"], spec.metadata["check"]
-            if choices is not None and value not in choices:
-                _fail(self, spec.name, f"choose one of {list(choices)}")
-            if check is not None:
-                check(self, spec.name)
+        check_declared_fields(self)
         if not check_one_budget(self.__dict__):
             self.ratio = DEFAULT_RATIO
 

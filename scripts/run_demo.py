@@ -1,8 +1,10 @@
 """The whole job on the embedded demo model (what `make demo` runs).
 
-analyze -> evaluate the original -> probe (highest- vs lowest-rank vs random vs JRNP) -> prune with the demo recipe ->
-evaluate the pruned model -> save it with its card. Leaves in --out: analysis/ (report, figures), probe/ (table),
-pruned_model/ (loadable, with README.md card), evaluation.json and summary.md.
+analyze -> evaluate the original -> probe (highest- vs lowest-rank vs random vs JRNP vs every head-importance score)
+-> prune with the demo recipe (JRNP) -> evaluate -> save -> prune with the probe's best zero-shot score -> save ->
+recover that model by distillation (`hf_rankprune.recovery.recover`, the recipe's recovery stage) -> evaluate.
+Leaves in --out: analysis/ (report, figures), probe/ (table), pruned_model/ (JRNP), best_zero_shot_model/,
+recovered_model/ (each loadable, with its README.md card), evaluation.json and summary.md.
 
     python scripts/run_demo.py --out demo_out [--recipe recipes/demo.yaml] [--overwrite] [--update-readme]
     python scripts/run_demo.py --readme-from demo_out [--update-readme]   # check README.md against a finished run
@@ -20,8 +22,11 @@ import time
 from pathlib import Path
 
 import hf_rankprune
-from hf_rankprune.loading import DEMO_MODEL_PATH, load_model_and_tokenizer
-from hf_rankprune.probe import render_probe_markdown, run_probe, write_probe
+from hf_rankprune.data import load_calibration_samples
+from hf_rankprune.evaluation import evaluate_model
+from hf_rankprune.loading import DEMO_MODEL_NAME, DEMO_MODEL_PATH, load_model_and_tokenizer
+from hf_rankprune.probe import probe_variants, render_probe_markdown, run_probe, score_variants, write_probe
+from hf_rankprune.recovery import recover
 from hf_rankprune.report import write_report
 from hf_rankprune.utils import atomic_output_dir, check_output_dir
 
@@ -57,6 +62,7 @@ def results_markdown(analysis: dict, results: dict, probe: dict, plan) -> str:
         f"| full-attention KV cache at {context} tokens | {int(original['memory.kv_cache_bytes']):,} B | "
         f"{int(pruned['memory.kv_cache_bytes']):,} B | one sequence |",
     ]
+    side_by_side = _side_by_side(results, probe)
     probe_lines = render_probe_markdown(probe).strip().splitlines()
     table = [line for line in probe_lines if line.startswith("|")]
     basis = [line for line in probe_lines if line.startswith("Each variant")]
@@ -82,6 +88,8 @@ def results_markdown(analysis: dict, results: dict, probe: dict, plan) -> str:
         "|---|---|---|---|",
         *rows,
         "",
+        *side_by_side,
+        "",
         f"The probe (`hf-rankprune probe`): the paper's Table 1 with the random control it lacked, "
         f"{probe['num_heads']} heads removed in each variant. {' '.join(basis)}",
         "",
@@ -90,6 +98,35 @@ def results_markdown(analysis: dict, results: dict, probe: dict, plan) -> str:
         "> " + probe["verdict"],
         END,
     ])  # fmt: skip
+
+
+def _side_by_side(results: dict, probe: dict) -> list[str]:
+    """The paper's choice, the best zero-shot choice of the probe and that choice recovered, one row each."""
+    if "recovered" not in results:
+        return []
+    original, best = results["original"], results["best_zero_shot"]
+    recovered, info = results["recovered"], results["recovery"]
+    ppl0, acc0 = original["perplexity.perplexity"], original["passkey.accuracy"]
+
+    def row(label: str, values: dict) -> str:
+        acc, ppl = values["passkey.accuracy"], values["perplexity.perplexity"]
+        return (f"| {label} | {acc:.1%} ({100 * (acc - acc0):+.1f} pts) | {ppl:.2f} ({ppl / ppl0:.3f}x) |")
+
+    name = probe["best_score"]
+    settings = info["settings"]
+    return [
+        f"JRNP, the probe's best zero-shot choice of the same {probe['num_heads']} heads (`{name}`: the lowest cost, "
+        f"relative perplexity increase + passkey drop) and that model after `hf-rankprune recover` "
+        f"({info['steps']} steps of distillation from the original, {settings['batch_size']} x {settings['seq_len']} "
+        f"tokens a step, {int(settings['retrieval_mix'] * 100)}% of them retrieval documents), side by side:",
+        "",
+        "| model | passkey accuracy | perplexity |",
+        "|---|---|---|",
+        f"| original | {acc0:.1%} | {ppl0:.2f} |",
+        row("JRNP (the paper's score)", results["pruned"]),
+        row(f"best zero-shot score: `{name}`", best),
+        row(f"`{name}` + recovery", recovered),
+    ]
 
 
 def check_readme(block: str, readme: str) -> list[str]:
@@ -138,8 +175,11 @@ def summary_markdown(block: str, results: dict, seconds: float) -> str:
         *([f"Decode speed on this machine (median of {int(original['speed.num_runs'])} runs, min-max in brackets): "
            f"{_speed(original)} -> {_speed(pruned)} tokens/s; hardware- and load-dependent, so not in README.md.",
            ""] if speed in original else []),
-        "Files: `analysis/report.md` (stratification, stability, figures), `probe/probe.md`, `pruned_model/` "
-        "(loads with `AutoModelForCausalLM.from_pretrained` after `import hf_rankprune`; card in README.md).",
+        *([f"Recovery ({results['recovery']['steps']} steps) took {results['recovery']['minutes']} min on this machine.",
+           ""] if "recovery" in results else []),
+        "Files: `analysis/report.md` (stratification, stability, figures), `probe/probe.md`, `pruned_model/` (JRNP), "
+        "`best_zero_shot_model/`, `recovered_model/` (each loads with `AutoModelForCausalLM.from_pretrained` after "
+        "`import hf_rankprune`; card in README.md).",
         "",
     ])  # fmt: skip
 
@@ -167,26 +207,50 @@ def main() -> int:
     evaluation = dict(recipe.evaluation or {})
 
     with atomic_output_dir(args.out, args.overwrite) as staging:
-        print("[1/5] calibrating and analysing state ranks", flush=True)
-        stats = pruner.calibrate()
+        print("[1/7] calibrating and analysing state ranks", flush=True)
+        config = pruner.config
+        samples = load_calibration_samples(config.data, pruner.tokenizer, config.num_samples, config.seq_len,
+                                           config.seed)  # fmt: skip
+        stats = pruner.calibrate(samples)
         analysis = write_report(stats, staging / "analysis")
         print(f"      {analysis['stratification']['low_heads']} low-rank / "
               f"{analysis['stratification']['high_heads']} high-rank heads", flush=True)  # fmt: skip
-        print("[2/5] evaluating the original model", flush=True)
+        print("[2/7] evaluating the original model", flush=True)
         original = pruner.evaluate()  # the recipe's tasks and settings
-        print("[3/5] probing which heads the model can spare", flush=True)
+        print("[3/7] probing which heads the model can spare (rank groups, random, JRNP, every importance score)",
+              flush=True)  # fmt: skip
         probe_kwargs = {k: v for k, v in evaluation.items() if k not in ("tasks", "context_length")}
-        probe = run_probe(pruner.model, pruner.tokenizer, stats, pruner.config, eval_kwargs=probe_kwargs, progress=True,
-                          model_factory=lambda: load_model_and_tokenizer(str(DEMO_MODEL_PATH))[0])  # fmt: skip
+        fresh_model = lambda: load_model_and_tokenizer(str(DEMO_MODEL_PATH))[0]  # noqa: E731
+        probe = run_probe(pruner.model, pruner.tokenizer, stats, config, samples=samples, eval_kwargs=probe_kwargs,
+                          progress=True, model_factory=fresh_model)  # fmt: skip
         (staging / "probe").mkdir()
         write_probe(probe, staging / "probe")
         print(f"      {probe['verdict']}", flush=True)
-        print("[4/5] pruning with the demo recipe's settings and evaluating the pruned model", flush=True)
+        print("[4/7] pruning with the demo recipe's settings (JRNP), evaluating and saving the pruned model", flush=True)
         pruner.prune()
         pruned = pruner.evaluate()
-        print("[5/5] saving the pruned model with its card", flush=True)
         pruner.save_pretrained(staging / "pruned_model")
-        results = {"original": original, "pruned": pruned}
+        best = probe["best_score"]
+        print(f"[5/7] pruning with the probe's best zero-shot choice ({best}) and saving that model", flush=True)
+        best_config = {**probe_variants(config, probe["num_heads"], probe["seeds"]),
+                       **score_variants(config, probe["num_heads"], probe["scores"])}[best]  # fmt: skip
+        best_pruner = hf_rankprune.RankPruner(fresh_model(), pruner.tokenizer, best_config, model_name=DEMO_MODEL_NAME)
+        best_pruner.source_model = str(DEMO_MODEL_PATH)
+        if best_config.needs_rank_stats():
+            best_pruner.load_stats(stats)
+        else:
+            best_pruner.measure(samples, progress=False, verbose=False)
+        best_pruner.save_pretrained(staging / "best_zero_shot_model")
+        print(f"[6/7] recovering it by distillation from the original ({recipe.recovery.steps} steps)", flush=True)
+        recovery_start = time.perf_counter()
+        recovered = recover(staging / "best_zero_shot_model", staging / "recovered_model", recipe.recovery)
+        recovery_minutes = (time.perf_counter() - recovery_start) / 60
+        print("[7/7] evaluating the recovered model", flush=True)
+        recovered_model, _ = load_model_and_tokenizer(str(staging / "recovered_model"))
+        results = {"original": original, "pruned": pruned, "best_zero_shot": probe["rows"][best],
+                   "recovered": evaluate_model(recovered_model, pruner.tokenizer, ["perplexity", "passkey"], progress=True,
+                                               **probe_kwargs),
+                   "recovery": {**recovered.info, "minutes": round(recovery_minutes, 1)}}  # fmt: skip
         (staging / "evaluation.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         block = results_markdown(analysis, results, probe, pruner.pruning_plan)
         summary = summary_markdown(block, results, time.perf_counter() - start)

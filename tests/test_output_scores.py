@@ -29,13 +29,7 @@ SAMPLES = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed
 SMALL = dict(num_samples=2, seq_len=24, batch_size=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one torch thread is many times faster than two competing ones on these tiny forwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

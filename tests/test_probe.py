@@ -32,13 +32,7 @@ SMALL = dict(num_samples=2, seq_len=24, batch_size=2)
 SAMPLES = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one torch thread is many times faster than two competing ones on these tiny forwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_result(high_acc, low_acc, random_accs, high_ppl=12.0, low_ppl=30.0, jrnp_ppl=12.5, random_ppls=(20.0,)):

@@ -31,12 +31,7 @@ SEQ_LEN = 256  # the tiny tokenizer needs about 180 tokens for a passkey documen
 SMALL = dict(num_samples=4, seq_len=SEQ_LEN, batch_size=4, num_heads=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,9 @@ def load_calibration_samples(
       ``.txt`` (the whole file is one document), ``.jsonl`` (one JSON object per line, text in field ``"text"``),
       ``.parquet`` (column ``"text"``). A string ending in one of these suffixes, or starting with ``/``, ``./``,
       ``../`` or ``~``, is always a path, and a missing one is an error.
+    * ``"pydoc"``: Python's documentation topics (the standard library's ``pydoc_data``, offline on every machine)
+      without the documents held out for perplexity (`hf_rankprune.evaluation.texts`): English prose, part of the
+      demo model's training text, which recovery distils on.
     * ``"hf:<name>[:<config>[:<split>]]"`` (or the same without ``hf:``, when it is no path): a Hugging Face Hub
       dataset with a ``"text"`` column, e.g. ``"wikitext:wikitext-2-raw-v1:train"``; split defaults to "train"
       (``"name::validation"`` gives a split without a config). It is streamed with ``datasets.load_dataset``

@@ -68,6 +68,17 @@ class _BuiltinGroup(SourceGroup):
         return builtin_windows(self.category, tokenizer, count, seq_len, rng, seed)
 
 
+PYDOC_SPEC = "pydoc"
+
+
+def _pydoc_training_texts() -> list[str]:
+    """Python's own documentation topics (stdlib `pydoc_data`, on every machine) without the held-out documents
+    that evaluation's perplexity reads: offline English prose for recovery, disjoint from the perplexity text."""
+    from ..evaluation.texts import is_heldout, load_documents
+
+    return [text for doc_id, text in load_documents(("pydoc",)) if not is_heldout(doc_id)]
+
+
 def expand_specs(data: Any) -> list[SourceGroup]:
     """The groups of `data` (one spec or a list of them), in order."""
     if data is None:
@@ -109,6 +120,8 @@ def _spec_groups(spec: Any) -> list[SourceGroup]:
         category = text[len("builtin:") :]
         builtin_category(category)  # an unknown name is an error here, before any reading
         return [_BuiltinGroup(category)]
+    if text == PYDOC_SPEC:
+        return [_DocumentGroup(PYDOC_SPEC, f"'{PYDOC_SPEC}' (Python's pydoc_data.topics)", _pydoc_training_texts)]
     if text.startswith("hf:"):
         return [_hub_group(text[len("hf:") :], spec)]
     path = Path(os.path.expanduser(text))
