@@ -55,7 +55,7 @@ def test_whole_job_on_every_family(family, tmp_path, capsys):
                 assert torch.isfinite(pruned(ids).logits).all(), (budget, direction)
 
     config = RankPruneConfig(num_heads=removed)
-    result = run_probe(model, build_tiny_tokenizer(), stats, config, seeds=(0,), eval_kwargs=EVAL)
+    result = run_probe(model, build_tiny_tokenizer(), stats, config, seeds=(0,), scores=("decay",), eval_kwargs=EVAL)
     assert result["num_heads"] == removed and all(row["perplexity.perplexity"] > 1 for row in result["rows"].values())
 
     out = tmp_path / "pruned"

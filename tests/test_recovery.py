@@ -300,3 +300,14 @@ def test_the_probe_evaluates_every_variant_after_recovery(checkpoints, tmp_path)
         assert set(row["after_recovery"]) >= {"passkey.accuracy", "perplexity.perplexity"}, name
     assert result["best_score_after_recovery"] in result["rows"]
 
+
+def test_the_pydoc_source_leaves_out_the_perplexity_documents():
+    """Recovery may distil on Python's documentation, never on the documents perplexity is measured on."""
+    from hf_rankprune.data.sources import _pydoc_training_texts
+    from hf_rankprune.evaluation.texts import heldout_documents, load_documents
+
+    texts = _pydoc_training_texts()
+    held = {text for doc_id, text in heldout_documents() if doc_id.startswith("pydoc:")}
+    assert held and texts and not set(texts) & held
+    assert len(texts) == len(load_documents(("pydoc",))) - len(held)
+
