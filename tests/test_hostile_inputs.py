@@ -459,6 +459,8 @@ SIGNAL_SCRIPT = textwrap.dedent(
     from hf_rankprune.cli import main
 
     model, out = sys.argv[1:3]
+    # what a terminal's Ctrl-C does; a test run started in the background by a shell inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def write_then(signum):
         def write_report(stats, folder, **kwargs):
