@@ -26,7 +26,8 @@ TARGETS = {"zero-shot": (1.12, 0.90), "recovered": (1.05, 0.95)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hf_rankprune.recovery import DEMO_RECOVERY, RecoveryConfig
+    from hf_rankprune.cli import add_recovery_arguments
+    from hf_rankprune.recovery import DEMO_RECOVERY, RECOVERY_SETTINGS, RecoveryConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, default=12, help="value heads removed by every variant (default 12)")
@@ -35,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-recovery", action="store_true", help="zero-shot rows only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on shared cores)")
     parser.add_argument("--json", default=None, help="write the results here too")
-    for name, value in DEMO_RECOVERY.items():
-        if name != "data":
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--method", default="full", choices=["full", "lora"])
-    parser.add_argument("--retrieval-mix", type=float, default=RecoveryConfig().retrieval_mix)
+    add_recovery_arguments(parser, RecoveryConfig(**DEMO_RECOVERY))  # `hf-rankprune recover`'s, the demo's defaults
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -53,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml").config.replace(num_heads=args.heads)
     configs = {"jrnp": recipe, "kl": recipe.replace(score="kl", direction=None),
                "taylor": recipe.replace(score="taylor", direction=None)}  # fmt: skip
-    sizes = {name: getattr(args, name) for name in DEMO_RECOVERY if name != "data"}
-    recovery = RecoveryConfig(**{**DEMO_RECOVERY, **sizes}, method=args.method, retrieval_mix=args.retrieval_mix)
+    given = {spec.name: getattr(args, spec.name) for spec in RECOVERY_SETTINGS if getattr(args, spec.name) is not None}
+    recovery = RecoveryConfig(**DEMO_RECOVERY).replace(**given)
     samples = None if args.no_recovery else training_samples(tokenizer, recovery)
 
     def evaluate(model) -> dict:

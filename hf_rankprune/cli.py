@@ -13,11 +13,15 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .config import CALIBRATION, PRUNING, RankPruneConfig, cli_flag
 from .errors import RankPruneError, UsageError
 from .loading import DEMO_MODEL_NAME, load_model_and_tokenizer, resolve_model_path
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .recovery import RecoveryConfig
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -365,11 +369,12 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per RecoveryConfig field (default None: only given flags override the recipe's or the defaults)."""
+def add_recovery_arguments(parser: argparse.ArgumentParser, defaults: RecoveryConfig | None = None) -> None:
+    """One flag per RecoveryConfig field (default None: only given flags override the recipe's or the defaults);
+    the help shows `defaults` (a RecoveryConfig; the plain one when None)."""
     from .recovery import RECOVERY_SETTINGS, RecoveryConfig
 
-    defaults = RecoveryConfig()
+    defaults = defaults if defaults is not None else RecoveryConfig()
     for spec in RECOVERY_SETTINGS:
         default = getattr(defaults, spec.name)
         shown_default = "" if default is None else f" (default {default})"
@@ -550,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the model the plan records it was cut from)")  # fmt: skip
     recover.add_argument("--recipe", default=None, metavar="FILE", help="YAML recipe with a recovery_stage (flags "
                          "override it)")  # fmt: skip
-    _add_recovery_arguments(recover)
+    add_recovery_arguments(recover)
     recover.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' (default: CPU)")
     recover.add_argument("--out", required=True, help="output model folder (must not exist or be empty)")
     recover.add_argument("--overwrite", action="store_true", help="replace an earlier output of hf-rankprune there")
