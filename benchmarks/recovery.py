@@ -26,8 +26,8 @@ TARGETS = {"zero-shot": (1.12, 0.90), "recovered": (1.05, 0.95)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hf_rankprune.cli import add_recovery_arguments
-    from hf_rankprune.recovery import DEMO_RECOVERY, RECOVERY_SETTINGS, RecoveryConfig
+    from hf_rankprune.cli import add_recovery_arguments, given_recovery_settings
+    from hf_rankprune.recovery import DEMO_RECOVERY, RecoveryConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, default=12, help="value heads removed by every variant (default 12)")
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml").config.replace(num_heads=args.heads)
     configs = {"jrnp": recipe, "kl": recipe.replace(score="kl", direction=None),
                "taylor": recipe.replace(score="taylor", direction=None)}  # fmt: skip
-    given = {spec.name: getattr(args, spec.name) for spec in RECOVERY_SETTINGS if getattr(args, spec.name) is not None}
-    recovery = RecoveryConfig(**DEMO_RECOVERY).replace(**given)
+    recovery = RecoveryConfig(**DEMO_RECOVERY).replace(**given_recovery_settings(args))
     samples = None if args.no_recovery else training_samples(tokenizer, recovery)
 
     def evaluate(model) -> dict:

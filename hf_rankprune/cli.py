@@ -387,10 +387,17 @@ def add_recovery_arguments(parser: argparse.ArgumentParser, defaults: RecoveryCo
         parser.add_argument(cli_flag(spec.name), **argument)
 
 
+def given_recovery_settings(args: argparse.Namespace) -> dict:
+    """The RecoveryConfig fields whose flags (`add_recovery_arguments`) were given on the command line."""
+    from .recovery import RECOVERY_SETTINGS
+
+    return {spec.name: getattr(args, spec.name) for spec in RECOVERY_SETTINGS if getattr(args, spec.name) is not None}
+
+
 def _recover(args: argparse.Namespace) -> int:
     """Check every input (pruned model, teacher, output, settings) before any work, then `recovery.recover`."""
     from .recipe import load_recipe
-    from .recovery import DEMO_RECOVERY, RECOVERY_SETTINGS, RecoveryConfig, recover, recovery_work_dir
+    from .recovery import DEMO_RECOVERY, RecoveryConfig, recover, recovery_work_dir
 
     base = RecoveryConfig()
     if args.recipe is not None:
@@ -400,8 +407,7 @@ def _recover(args: argparse.Namespace) -> int:
         base = recipe.recovery
     elif _is_demo_teacher(args):
         base = base.replace(**DEMO_RECOVERY)
-    overrides = {spec.name: getattr(args, spec.name) for spec in RECOVERY_SETTINGS if getattr(args, spec.name) is not None}
-    config = base.replace(**overrides)
+    config = base.replace(**given_recovery_settings(args))
     try:
         result = recover(args.pruned_model, args.out, config, teacher=args.teacher, overwrite=args.overwrite,
                          device_map=args.device_map, progress=not args.quiet)  # fmt: skip
